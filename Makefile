@@ -1,0 +1,34 @@
+# make setup | run | test | report | bench -- see README.md.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SMK    := $(VENV)/bin/snakemake
+CORES  ?= 8
+# The CPU wheel of torch lies on this project's machines; on a GPU box use
+# e.g. `make setup TORCH="torch==2.13.0"` from the CUDA index of your choice.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup run test report bench clean
+
+setup: $(VENV)/.installed
+
+# Re-run when the pins change. kss 1.3.1 (pinned by expanda) builds with
+# Cython and fails in pip's build isolation, so it goes in first without it.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel cython
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q --no-build-isolation kss==1.3.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: setup
+	$(SMK) --cores $(CORES) results/eval_small.json
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+report: setup
+	$(SMK) --report results/report.html
+
+clean:
+	rm -rf results resources .snakemake

@@ -1,0 +1,22 @@
+# GPT-2 on Wikipedia: dump -> patched expanda -> corpus -> shards -> train -> evaluate -> report.
+# `snakemake --cores 8 results/eval_small.json`; README.md explains every stage.
+
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The defaults; --configfile / --config are merged over them.
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/dump.smk"
+include: "rules/corpus.smk"
+
+
+rule all:
+    input:
+        "results/corpus/vocab.txt",

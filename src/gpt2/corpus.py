@@ -1,0 +1,172 @@
+"""Stage 2: the hand edit of expanda as a rule, then expanda's corpus build.
+
+`patch_expanda` copies the installed expanda 1.3.1 into a private folder and
+applies patches/*.patch there (site-packages is never touched).
+`build_corpus` renders expanda.cfg, runs `python -m expanda build` with that
+copy first on PYTHONPATH in a throw-away workspace, and moves the four corpus
+files into place only once they are all valid.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gpt2 import UserError
+from gpt2.files import file_digest
+
+EXPANDA_VERSION = "1.3.1"
+SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")  # expanda writes them first in vocab.txt
+CORPUS_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.test.txt")
+
+
+def installed_expanda() -> Path:
+    """The installed expanda package folder, checked to be the version the patches target."""
+    try:
+        version = importlib.metadata.version("expanda")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError("expanda is not installed: run `make setup`") from None
+    if version != EXPANDA_VERSION:
+        raise UserError(f"expanda {version} is installed, but patches/ target {EXPANDA_VERSION}: "
+                        f"pip install expanda=={EXPANDA_VERSION}")
+    spec = importlib.util.find_spec("expanda")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _apply_patch(patch: Path, tree: Path) -> None:
+    cmd = ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-d", str(tree), "-i",
+           str(patch.resolve())]
+    dry = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
+    if dry.returncode != 0:
+        target, reason = "?", dry.stdout.strip().splitlines()[-1:] or [dry.stderr.strip()]
+        for line in dry.stdout.splitlines():
+            if line.startswith(("checking file ", "patching file ")):
+                target = line.split(" file ", 1)[1].strip()
+            if "FAILED" in line or "Reversed" in line or "can't find file" in line:
+                reason = [line.strip()]
+                break
+        raise UserError(f"patch {patch.name} does not apply to expanda/{target}: {reason[0]}")
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def patch_expanda(out: Path, patches_dir: Path) -> list[dict]:
+    """Copy the installed expanda to `out`/expanda and apply every patch, in name order."""
+    out, patches = Path(out), sorted(Path(patches_dir).glob("*.patch"))
+    if not patches:
+        raise UserError(f"no *.patch files in {patches_dir}")
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    tree = staging / "expanda"
+    shutil.copytree(installed_expanda(), tree, ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        applied = []
+        for patch in patches:
+            _apply_patch(patch, tree)
+            applied.append({"patch": patch.name, "sha256": file_digest(patch)})
+            print(f"applied {patch.name}", file=sys.stderr)
+        (staging / "patches.json").write_text(json.dumps(applied, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return applied
+
+
+def render_config(dump: Path, lang_threads: int, vocab_size: int, limit_alphabet: int, min_length: int,
+                  max_length: int, split_ratio: float, seed: int) -> str:
+    """expanda.cfg for one dump; outputs land in build/ inside the workspace."""
+    return f"""[expanda.ext.wikipedia]
+num-cores = {lang_threads}
+min-length = {min_length}
+max-length = {max_length}
+split-sent = true
+
+[tokenization]
+unk-token = {SPECIALS[0]}
+control-tokens = {SPECIALS[1]}
+                 {SPECIALS[2]}
+                 {SPECIALS[3]}
+vocab-size = {vocab_size}
+limit-alphabet = {limit_alphabet}
+
+[build]
+input-files =
+    --expanda.ext.wikipedia {Path(dump).resolve()}
+temporary-path = tmp
+seed = {seed}
+split-ratio = {split_ratio}
+output-vocab = build/vocab.txt
+output-raw-corpus = build/corpus.raw.txt
+output-train-corpus = build/corpus.train.txt
+output-test-corpus = build/corpus.test.txt
+"""
+
+
+def _run_expanda(workspace: Path, expanda_dir: Path) -> None:
+    """Run `python -m expanda build`, passing its output through; fail with its real error."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(expanda_dir).resolve())] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    with subprocess.Popen([sys.executable, "-m", "expanda", "build", "expanda.cfg"], cwd=workspace, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            tail.append(line.rstrip("\n"))
+    if proc.returncode != 0:
+        errors = [line for line in tail if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+        raise UserError(f"expanda build failed: {errors[-1] if errors else f'exit code {proc.returncode}'}")
+
+
+def check_outputs(build: Path) -> None:
+    """All four files non-empty, vocab starts with the specials, corpus lines are token lists."""
+    for name in CORPUS_FILES:
+        path = build / name
+        if not path.is_file() or path.stat().st_size == 0:
+            raise UserError(f"expanda produced no {name}: the dump yielded no sentences between "
+                            "corpus.min_length and corpus.max_length")
+    with open(build / "vocab.txt", encoding="utf-8") as fh:
+        head = tuple(fh.readline().rstrip("\n") for _ in SPECIALS)
+    if head != SPECIALS:
+        raise UserError(f"expanda's vocab.txt starts with {head}, expected {SPECIALS}")
+    for name in ("corpus.train.txt", "corpus.test.txt"):
+        with open(build / name, encoding="utf-8") as fh:
+            for number, line in zip(range(1, 1001), fh):
+                if "\t" in line or "  " in line.strip() or not line.strip():
+                    raise UserError(f"expanda's {name} line {number} is not space-separated WordPiece tokens")
+
+
+def build_corpus(dump: Path, expanda_dir: Path, out_dir: Path, threads: int = 1, vocab_size: int = 8000,
+                 limit_alphabet: int = 1000, min_length: int = 50, max_length: int = 1000,
+                 split_ratio: float = 0.1, seed: int = 0) -> dict:
+    """Build the corpus of `dump` into `out_dir` (the four CORPUS_FILES) and return line counts."""
+    if min_length >= max_length:
+        raise UserError(f"corpus.min_length ({min_length}) must be below corpus.max_length ({max_length})")
+    out_dir = Path(out_dir)
+    workspace = out_dir / f".build-{os.getpid()}"
+    shutil.rmtree(workspace, ignore_errors=True)
+    workspace.mkdir(parents=True)
+    try:
+        (workspace / "expanda.cfg").write_text(render_config(
+            dump, threads, vocab_size, limit_alphabet, min_length, max_length, split_ratio, seed))
+        _run_expanda(workspace, expanda_dir)
+        check_outputs(workspace / "build")
+        counts = {name: _count_lines(workspace / "build" / name) for name in CORPUS_FILES}
+        for name in CORPUS_FILES:
+            os.replace(workspace / "build" / name, out_dir / name)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+    print(f"corpus: {counts}", file=sys.stderr)
+    return counts
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))

@@ -1,0 +1,177 @@
+"""Stage 2: expanda patched as a rule, and real corpus builds through Snakemake."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, snakemake, write_dump
+from gpt2 import UserError
+from gpt2.corpus import CORPUS_FILES, SPECIALS, _run_expanda, installed_expanda, patch_expanda, render_config
+
+CORPUS = [f"results/corpus/{name}" for name in CORPUS_FILES]
+
+# Korean text written for this test: short encyclopedic sentences about cities
+# and nature, enough for kss to split and WordPiece to learn from.
+KOREAN = [
+    "서울은 대한민국의 수도이며 한강을 따라 넓게 펼쳐진 큰 도시이다. 많은 사람들이 매일 지하철을 타고 회사와 학교에 간다.",
+    "부산은 남쪽 바다에 있는 항구 도시로 해운대 해수욕장이 유명하다. 여름에는 전국에서 온 관광객들이 바닷가를 가득 채운다.",
+    "제주도는 화산 활동으로 만들어진 섬이며 한라산이 섬 가운데에 솟아 있다. 돌과 바람과 여자가 많아서 삼다도라고 불리기도 한다.",
+    "한강은 강원도에서 시작하여 서울을 지나 서해로 흘러가는 긴 강이다. 강가에는 자전거 길과 공원이 잘 만들어져 있다.",
+    "경주는 신라의 옛 수도로 불국사와 석굴암 같은 문화유산이 많이 남아 있다. 학생들은 수학여행으로 경주를 자주 방문한다.",
+    "설악산은 가을 단풍이 아름다운 산으로 등산객들에게 사랑을 받는다. 정상에 오르면 동해 바다가 멀리 내려다보인다.",
+    "김치는 배추와 고춧가루와 마늘로 만드는 한국의 대표적인 발효 음식이다. 겨울이 오기 전에 가족들이 모여 김장을 한다.",
+    "한글은 세종대왕이 백성을 위해 만든 문자로 배우기 쉬운 것으로 알려져 있다. 자음과 모음을 모아서 한 글자를 이룬다.",
+    "대구는 분지 지형 때문에 여름에 매우 덥고 겨울에는 꽤 춥다. 사과 농사가 예로부터 유명한 지역이기도 하다.",
+    "인천에는 큰 국제공항이 있어서 외국으로 떠나는 여행객들이 많이 모인다. 차이나타운과 월미도도 많은 사람들이 찾는 곳이다.",
+    "전주는 비빔밥과 한옥 마을로 잘 알려진 도시이다. 오래된 골목을 걸으면 전통 찻집과 작은 공방을 만날 수 있다.",
+    "광주는 빛고을이라는 뜻의 이름을 가진 도시로 예술과 문화 행사가 많이 열린다. 시민들은 무등산을 자주 오른다.",
+]
+
+
+def _korean_dump(path: Path) -> Path:
+    pages = [(0, f"문서 {i}", f"{text}\n\n{text.replace('.', '이다.', 1)}") for i, text in enumerate(KOREAN * 3)]
+    return write_dump(path, pages, lang="ko")
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    """One real Snakemake build of the corpus from the bundled sample (shared by several tests)."""
+    work = tmp_path_factory.mktemp("sample")
+    proc = snakemake(work, "results/corpus/vocab.txt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def test_site_packages_untouched_and_copy_patched(sample_run):
+    original = (installed_expanda() / "tokenization.py").read_text().splitlines()
+    assert original[82] == "    tokenizer.train(trainer, [subset_file])"
+    patched = (sample_run / "results/expanda/expanda/tokenization.py").read_text().splitlines()
+    assert patched[82] == "    tokenizer.train([subset_file], trainer)"
+    wiki = (sample_run / "results/expanda/expanda/ext/wikipedia.py").read_text()
+    assert "nltk.download" not in wiki and "punkt.tokenizer_for('english')" in wiki
+    applied = json.loads((sample_run / "results/expanda/patches.json").read_text())
+    assert [p["patch"] for p in applied] == sorted(p.name for p in (ROOT / "patches").glob("*.patch"))
+
+
+def test_sample_corpus_is_valid_and_cached(sample_run):
+    files = {Path(f).name: sample_run / f for f in CORPUS}
+    vocab = files["vocab.txt"].read_text(encoding="utf-8").splitlines()
+    assert tuple(vocab[:4]) == SPECIALS and len(vocab) == 8000 and len(set(vocab)) == len(vocab)
+    train = files["corpus.train.txt"].read_text(encoding="utf-8").splitlines()
+    test = files["corpus.test.txt"].read_text(encoding="utf-8").splitlines()
+    raw = files["corpus.raw.txt"].read_text(encoding="utf-8").splitlines()
+    assert len(train) + len(test) == len(raw) and 0.08 < len(test) / len(raw) < 0.12
+    known = set(vocab)
+    tokens = [t for line in train[:500] for t in line.split()]
+    assert len(tokens) > 5000 and sum(t in known for t in tokens) / len(tokens) > 0.99
+    info = json.loads((sample_run / "resources/dumps/enwiki-sample.json").read_text())
+    assert (info["lang"], info["articles"]) == ("en", 106)
+    assert (sample_run / "results/benchmarks/build_corpus.tsv").exists()
+    dry = snakemake(sample_run, "results/corpus/vocab.txt", extra=("-n",))
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    assert not list((sample_run / "results/corpus").glob(".build-*"))
+
+
+def test_shuffle_is_seeded(sample_run, tmp_path):
+    """The same dump, seed and threads give the same raw corpus (expanda's shuffle is unseeded upstream)."""
+    out = tmp_path / "again"
+    out.mkdir()
+    from gpt2.corpus import build_corpus
+
+    build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda", out, threads=2)
+    assert (out / "corpus.raw.txt").read_bytes() == (sample_run / "results/corpus/corpus.raw.txt").read_bytes()
+
+
+def test_a_patch_that_does_not_apply_names_patch_and_file(tmp_path):
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "0009-stale.patch").write_text(
+        "--- a/tokenization.py\n+++ b/tokenization.py\n@@ -83,1 +83,1 @@\n"
+        "-    tokenizer.train(nothing_like_this)\n+    tokenizer.train(other)\n")
+    with pytest.raises(UserError, match=r"patch 0009-stale.patch does not apply to expanda/tokenization.py"):
+        patch_expanda(tmp_path / "expanda", patches)
+    assert not (tmp_path / "expanda").exists()
+
+
+def _expanda_on(dump: Path, expanda_dir: Path, workspace: Path) -> None:
+    workspace.mkdir()
+    (workspace / "expanda.cfg").write_text(render_config(dump, 1, 500, 1000, 10, 1000, 0.1, 0))
+    _run_expanda(workspace, expanda_dir)
+
+
+def test_dead_worker_fails_with_its_real_error(tmp_path):
+    """Bypassing our dump check, an unsupported language kills a worker inside expanda."""
+    dump = write_dump(tmp_path / "fr.xml.bz2", [(0, "Paris", "Paris est la capitale de la France. " * 3)], "fr")
+    patch_expanda(tmp_path / "patched", ROOT / "patches")
+    with pytest.raises(UserError, match=r"NotImplementedError: language \[fr\] is not supported"):
+        _expanda_on(dump, tmp_path / "patched", tmp_path / "ws1")
+    # Upstream expanda carries on and trips over a temp file the dead worker never wrote.
+    upstream = tmp_path / "upstream"
+    shutil.copytree(installed_expanda(), upstream / "expanda")
+    with pytest.raises(UserError, match="FileNotFoundError"):
+        _expanda_on(dump, upstream, tmp_path / "ws2")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kss") is None, reason="kss is not installed")
+def test_korean_dump_goes_through_kss(tmp_path):
+    dump = _korean_dump(tmp_path / "kowiki-test.xml.bz2")
+    proc = snakemake(tmp_path, "results/corpus/vocab.txt", config={
+        "dump": {"source": "path", "path": str(dump)},
+        "corpus": {"vocab_size": 400, "min_length": 10}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "resources/dumps/kowiki-test.json").exists()
+    raw = (tmp_path / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()
+    # kss split each paragraph into its sentences: no line holds two of them.
+    assert len(raw) >= 2 * len(set(KOREAN)) and all(line.count(". ") == 0 for line in raw)
+    assert any(re.search("[가-힣]", line) for line in raw)
+    vocab = (tmp_path / "results/corpus/vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert tuple(vocab[:4]) == SPECIALS and any(re.search("[가-힣]", v) for v in vocab)
+
+
+def _broken(kind: str, tmp_path: Path, sample: Path) -> dict:
+    dump = tmp_path / "bad.xml.bz2"
+    if kind == "truncated":
+        dump.write_bytes(sample.read_bytes()[:100_000])
+    elif kind == "not-mediawiki":
+        dump.write_bytes(__import__("bz2").compress(b"<rss><channel/></rss>"))
+    elif kind == "no-articles":
+        write_dump(dump, [(14, "Category:Cities", "Cities of the world.")])
+    elif kind == "language":
+        write_dump(dump, [(0, "Paris", "Paris est la capitale de la France.")], lang="fr")
+    return {"dump": {"source": "path", "path": str(dump)}}
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("truncated", "bad.xml.bz2: the bz2 stream ends early (truncated dump)"),
+    ("not-mediawiki", "bad.xml.bz2: root element is <rss>, not a MediaWiki export"),
+    ("no-articles", "bad.xml.bz2: no main-namespace articles among 1 pages"),
+    ("language", "bad.xml.bz2: language 'fr' is not supported by expanda"),
+])
+def test_bad_dump_fails_the_workflow_cleanly(tmp_path, sample_dump, kind, message):
+    proc = snakemake(tmp_path, "results/corpus/vocab.txt", config=_broken(kind, tmp_path, sample_dump))
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert not any((tmp_path / f).exists() for f in CORPUS)
+    assert not list((tmp_path / "resources/dumps").glob("bad.*"))
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"corpus": {"vocab_size": 70000}}, "config: corpus.vocab_size = 70000 is out of range (must be <= 65535)"),
+    ({"corpus": {"split_ratio": 0}}, "config: corpus.split_ratio = 0 is out of range (must be > 0)"),
+    ({"corpus": {"vocab": 10}}, "config: unknown key corpus.vocab (allowed here:"),
+    ({"dump": {"source": "ftp"}}, "config: dump.source = 'ftp' must be one of sample, url, path"),
+    ({"corpus": {"threads": "two"}}, "config: corpus.threads = 'two' has the wrong type (expected integer)"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, config, message):
+    proc = snakemake(tmp_path, "results/corpus/vocab.txt", config=config)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
