@@ -15,8 +15,11 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 include: "rules/common.smk"
 include: "rules/dump.smk"
 include: "rules/corpus.smk"
+include: "rules/shards.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     input:
-        "results/corpus/vocab.txt",
+        "results/eval_small.json",

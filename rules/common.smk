@@ -25,14 +25,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 
 def flags(**values):
-    """--key value pairs for `python -m gpt2`, shell-quoted; empty strings and False are left out."""
+    """--key value pairs for `python -m gpt2`, shell-quoted; empty strings are left out."""
     out = []
     for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            out.append(flag)
-        elif value not in ("", None, False):
-            out += [flag, shlex.quote(str(value))]
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if value not in ("", None):
+            out += ["--" + key, shlex.quote(str(value))]
     return " ".join(out)
 
 
@@ -47,10 +46,42 @@ def dump_flags():
     d = DUMP_CFG
     return flags(source=d["source"], url=d["url"] if d["source"] == "url" else "",
                  path=d["path"] if d["source"] == "path" else "", sha1=d["sha1"], md5=d["md5"],
-                 no_verify=not d["verify"], retries=d["retries"], timeout=d["timeout_s"])
+                 verify=d["verify"], retries=d["retries"], timeout=d["timeout_s"])
 
 
 def corpus_flags():
     c = config["corpus"]
     return flags(vocab_size=c["vocab_size"], limit_alphabet=c["limit_alphabet"], min_length=c["min_length"],
                  max_length=c["max_length"], split_ratio=c["split_ratio"], seed=c["seed"])
+
+
+MODELS = config["models"]
+TRAIN_CFG = config["train"]
+# Keys of `train:` that go to `python -m gpt2 train` as they are; the rest
+# shape the model (arch_flags) or the job (launcher, threads, resources).
+TRAIN_ONLY = ("device", "threads", "gpus", "mem_mb", "runtime", "seq_len", "rate", "dropout")
+
+wildcard_constraints:
+    model="|".join(sorted(MODELS)),
+
+
+def train_device():
+    return "cuda" if TRAIN_CFG["gpus"] > 0 else TRAIN_CFG["device"]
+
+
+def train_launcher():
+    """One process per GPU through torchrun when a job gets several, else plain python."""
+    gpus = TRAIN_CFG["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus} -m gpt2"
+    return "python -m gpt2"
+
+
+def arch_flags(wildcards):
+    arch = MODELS[wildcards.model]
+    return flags(layers=arch["layers"], heads=arch["heads"], dims=arch["dims"], seq_len=TRAIN_CFG["seq_len"],
+                 rate=TRAIN_CFG["rate"], dropout=TRAIN_CFG["dropout"])
+
+
+def train_flags():
+    return flags(device=train_device(), **{k: v for k, v in TRAIN_CFG.items() if k not in TRAIN_ONLY})

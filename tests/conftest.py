@@ -54,3 +54,17 @@ def sample_dump() -> Path:
     from gpt2.dump import sample_path
 
     return sample_path()
+
+
+# A tiny model with a budget that trains in about half a minute on 2 cores.
+TINY_CONFIG = {"train": {"steps": 150, "batch_tokens": 4096, "micro_batch": 32, "lr": 0.003, "warmup_steps": 15,
+                         "eval_every": 50, "eval_tokens": 4096, "log_every": 10, "checkpoint_every": 50}}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The whole DAG up to results/eval_tiny.json, run once by Snakemake for the session."""
+    work = tmp_path_factory.mktemp("tiny")
+    proc = snakemake(work, "results/eval_tiny.json", config=TINY_CONFIG)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work

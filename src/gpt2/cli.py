@@ -13,11 +13,19 @@ from pathlib import Path
 from gpt2 import UserError
 
 
+def boolean(text: str) -> bool:
+    """true/false (also yes/no, 1/0) for flags whose default may be either."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def _fetch_dump(args: argparse.Namespace) -> None:
     from gpt2.dump import fetch_dump
 
     fetch_dump(args.source, args.out, url=args.url, path=args.path, sha1=args.sha1, md5=args.md5,
-               verify_sums=not args.no_verify, retries=args.retries, timeout=args.timeout)
+               verify_sums=args.verify, retries=args.retries, timeout=args.timeout)
 
 
 def _patch_expanda(args: argparse.Namespace) -> None:
@@ -34,6 +42,36 @@ def _build_corpus(args: argparse.Namespace) -> None:
                  split_ratio=args.split_ratio, seed=args.seed)
 
 
+def _make_shards(args: argparse.Namespace) -> None:
+    from gpt2.shards import make_shards
+
+    make_shards(args.vocab_path, args.train_corpus, args.test_corpus, args.out, args.shard_tokens)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from gpt2.model import GPTConfig
+    from gpt2.shards import TokenStream
+    from gpt2.train import TrainConfig, train
+
+    vocab_size = TokenStream(args.shards, "test").manifest["vocab_size"]
+    try:
+        model_cfg = GPTConfig(vocab_size, args.seq_len, args.layers, args.heads, args.dims, args.rate, args.dropout)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    train(args.shards, args.out_dir, model_cfg, cfg, device=args.device, threads=args.threads,
+          stop_after=args.stop_after)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from gpt2.evaluate import evaluate
+
+    evaluate(args.model_path, args.shards, args.output, args.name or args.model_path.parent.name,
+             batch=args.batch_eval, device=args.device)
+
+
 def _add_dump(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch-dump", help="put a verified Wikipedia dump in place")
     p.add_argument("--source", choices=["sample", "url", "path"], default="sample",
@@ -43,7 +81,7 @@ def _add_dump(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--path", default="", help="local .xml.bz2 for --source path")
     p.add_argument("--sha1", default="", help="expected sha1 (default for url: the published sha1sums)")
     p.add_argument("--md5", default="", help="expected md5")
-    p.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    p.add_argument("--verify", type=boolean, default=True, help="check checksums (false skips)")
     p.add_argument("--retries", type=int, default=5, help="download retries after the first attempt")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     p.set_defaults(func=_fetch_dump)
@@ -60,19 +98,90 @@ def _add_corpus(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expanda", type=Path, required=True, help="the patched expanda folder")
     p.add_argument("--out", type=Path, required=True, help="folder for vocab.txt and corpus.*.txt")
     p.add_argument("--threads", type=int, default=1, help="expanda worker processes")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--limit-alphabet", type=int, default=1000)
-    p.add_argument("--min-length", type=int, default=50, help="shortest sentence kept, in characters")
-    p.add_argument("--max-length", type=int, default=1000, help="longest sentence kept, in characters")
-    p.add_argument("--split-ratio", type=float, default=0.1, help="fraction of lines for corpus.test.txt")
+    p.add_argument("--vocab_size", type=int, default=8000)
+    p.add_argument("--limit_alphabet", type=int, default=1000)
+    p.add_argument("--min_length", type=int, default=50, help="shortest sentence kept, in characters")
+    p.add_argument("--max_length", type=int, default=1000, help="longest sentence kept, in characters")
+    p.add_argument("--split_ratio", type=float, default=0.1, help="fraction of lines for corpus.test.txt")
     p.add_argument("--seed", type=int, default=0, help="seed of expanda's shuffle")
     p.set_defaults(func=_build_corpus)
+
+
+def _add_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-shards", help="token lines -> uint16 shards + manifest.json")
+    p.add_argument("--vocab_path", type=Path, required=True, help="expanda's vocab.txt")
+    p.add_argument("--train_corpus", type=Path, required=True, help="expanda's corpus.train.txt")
+    p.add_argument("--test_corpus", type=Path, required=True, help="expanda's corpus.test.txt")
+    p.add_argument("--out", type=Path, required=True, help="folder for train/, test/ and manifest.json")
+    p.add_argument("--shard_tokens", type=int, default=10_000_000, help="token ids per .bin shard")
+    p.set_defaults(func=_make_shards)
+
+
+# Training flags: TrainConfig field -> (help, aliases from the reference repo's CLI).
+TRAIN_FLAGS = {
+    "steps": ("optimizer steps in total", ["--total_steps"]),
+    "batch_tokens": ("global batch per optimizer step, in tokens", []),
+    "micro_batch": ("sequences per forward pass per process (gradient accumulation fills the rest)",
+                    ["--batch_train"]),
+    "lr": ("peak learning rate", ["--base_lr"]),
+    "min_lr_ratio": ("cosine decay ends at lr x this", []),
+    "warmup_steps": ("linear warmup steps", []),
+    "weight_decay": ("AdamW weight decay (not on norms, biases, embeddings)", ["--wd_rate"]),
+    "beta1": ("AdamW beta1", []),
+    "beta2": ("AdamW beta2", []),
+    "grad_clip": ("clip the global gradient norm to this", []),
+    "seed": ("seed of initialisation, data order and dropout", []),
+    "eval_every": ("evaluate on the held-out slice every N steps", ["--eval_steps"]),
+    "eval_tokens": ("tokens in the held-out slice (start of the test split)", []),
+    "log_every": ("write a metrics.csv row every N steps", []),
+    "checkpoint_every": ("checkpoint every N steps", ["--save_steps"]),
+    "keep_checkpoints": ("newest checkpoints kept", []),
+    "compile": ("torch.compile: auto (on for CUDA), on, off", []),
+    "grad_ckpt": ("activation checkpointing (true/false)", ["--use_grad_ckpt"]),
+    "amp": ("bf16 autocast on CUDA (true/false)", ["--use_amp"]),
+}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from gpt2.train import TrainConfig
+
+    p = sub.add_parser("train", help="train (or resume) a GPT-2 on shards")
+    p.add_argument("--shards", type=Path, required=True, help="manifest.json of make-shards")
+    p.add_argument("--out_dir", type=Path, required=True, help="model.pt, metrics.csv and checkpoints/ go here")
+    p.add_argument("--seq_len", type=int, default=128, help="context length in tokens")
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--dims", type=int, default=768)
+    p.add_argument("--rate", type=int, default=4, help="MLP width = rate x dims")
+    p.add_argument("--dropout", type=float, default=0.0)
+    for f in fields(TrainConfig):
+        help_text, aliases = TRAIN_FLAGS[f.name]
+        kind = boolean if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(f"--{f.name}", *aliases, dest=f.name, type=kind, default=f.default,
+                       help=f"{help_text} (default {f.default})")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--stop_after", type=int, default=None, help=argparse.SUPPRESS)  # crash simulation in tests
+    p.set_defaults(func=_train)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="test loss, perplexity and the unigram baseline as JSON")
+    p.add_argument("--model_path", type=Path, required=True, help="model.pt written by train")
+    p.add_argument("--shards", type=Path, required=True, help="manifest.json of make-shards")
+    p.add_argument("--output", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--name", default="", help="model name in the report (default: the model's folder)")
+    p.add_argument("--batch_eval", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpt2", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_dump, _add_corpus):
+    for add in (_add_dump, _add_corpus, _add_shards, _add_train, _add_evaluate):
         add(sub)
     return parser
 

@@ -54,4 +54,18 @@ def check_config(config: dict, schema_path: str | Path) -> dict:
         error = min(errors, key=lambda e: len(e.absolute_path))
         raise UserError(f"config: {_message(error)}; fix it in config.yaml or with --config (see {schema_path})")
     _fill_defaults(schema, config)
+    _check_consistency(config)
     return config
+
+
+def _check_consistency(config: dict) -> None:
+    """Rules across keys that a JSON schema cannot say."""
+    for name, arch in config["models"].items():
+        if arch["dims"] % arch["heads"]:
+            raise UserError(f"config: models.{name}.heads = {arch['heads']} does not divide "
+                            f"models.{name}.dims = {arch['dims']}; pick heads that divide dims")
+    t = config["train"]
+    per_pass = t["micro_batch"] * t["seq_len"] * max(1, t["gpus"])
+    if t["batch_tokens"] % per_pass:
+        raise UserError(f"config: train.batch_tokens = {t['batch_tokens']} is not a multiple of "
+                        f"micro_batch x seq_len x max(1, gpus) = {per_pass}")

@@ -1,0 +1,143 @@
+"""Stage 5: honest test metrics -- mean NLL over every predicted test token.
+
+The test stream is cut into consecutive windows of `seq_len` inputs; window i
+predicts tokens i*S+1 .. i*S+S, the last window is simply shorter (no token
+dropped, no padding). The unigram baseline is scored on exactly the same
+predicted positions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gpt2 import UserError
+from gpt2.files import atomic_path
+from gpt2.model import GPT, GPTConfig
+from gpt2.shards import TokenStream
+
+
+def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
+    """(start, inputs) pairs covering all n_tokens - 1 predictions of a stream."""
+    predicted = n_tokens - 1
+    return [(start, min(seq_len, predicted - start)) for start in range(0, predicted, seq_len)]
+
+
+@torch.inference_mode()
+def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device: torch.device,
+               limit: int | None = None, progress: bool = False) -> tuple[float, int]:
+    """(sum of NLL in nats, number of predicted tokens) over the stream (or its first `limit` tokens)."""
+    n = len(stream) if limit is None else min(limit, len(stream))
+    spans = windows(n, seq_len)
+    full = [s for s in spans if s[1] == seq_len]
+    groups = [full[i: i + batch] for i in range(0, len(full), batch)] + [[s] for s in spans if s[1] != seq_len]
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for group in tqdm(groups, desc="evaluate", disable=not progress, mininterval=5):
+        rows = np.stack([stream.window(start, length + 1) for start, length in group]).astype(np.int64)
+        ids = torch.from_numpy(rows).to(device, non_blocking=True)
+        with autocast(device):
+            _, loss, _ = model(ids[:, :-1], ids[:, 1:], reduction="sum")
+        total += float(loss)
+        count += ids[:, 1:].numel()
+    model.train(was_training)
+    return total, count
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, plain fp32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int) -> tuple[float, int]:
+    """Add-one-smoothed unigram model from train counts, scored on test tokens 1..n-1."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for part in train.parts:
+        counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
+    logp = np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
+    targets = np.concatenate(test.parts)[1:]
+    return float(-logp[targets].sum()), len(targets)
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[GPT, dict]:
+    """A model.pt (or checkpoint) written by training, loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file; train it first (rule train)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated files, pickles with code, non-checkpoints all land here
+        raise UserError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise UserError(f"{path}: not a gpt2 checkpoint (no model/model_config entries)")
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device), state
+
+
+def versions() -> dict[str, str]:
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "snakemake": version("snakemake"),
+            "expanda": version("expanda")}
+
+
+def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batch: int = 16,
+             device: str = "auto") -> dict:
+    """Score `model_path` on the test shards; write the JSON report to `out` atomically."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    model, state = load_model(model_path, dev)
+    cfg = model.cfg
+    train, test = TokenStream(manifest, "train"), TokenStream(manifest, "test")
+    if test.manifest["vocab_size"] != cfg.vocab_size:
+        raise UserError(f"{model_path}: model vocabulary {cfg.vocab_size} != shards' {test.manifest['vocab_size']}")
+    started = time.perf_counter()
+    nll, count = stream_nll(model, test, cfg.seq_len, batch, dev, progress=True)
+    seconds = time.perf_counter() - started
+    uni, uni_count = unigram_nll(train, test, cfg.vocab_size)
+    assert uni_count == count, "model and unigram must score the same positions"
+    loss = nll / count
+    report = {
+        "model": name,
+        "params": model.num_params(),
+        "layers": cfg.layers,
+        "heads": cfg.heads,
+        "dims": cfg.dims,
+        "seq_len": cfg.seq_len,
+        "vocab_size": cfg.vocab_size,
+        "train_steps": state["step"],
+        "train_tokens": state["tokens"],
+        "eval_tokens": count,
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_token": loss / math.log(2),
+        "unigram_loss": uni / count,
+        "unigram_perplexity": math.exp(uni / count),
+        "tokens_per_second": count / seconds,
+        "checkpoint": str(model_path),
+        "seed": state["train_config"]["seed"],
+        "device": str(dev),
+        "versions": versions(),
+    }
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{name}: loss {loss:.4f} nats, perplexity {report['perplexity']:.1f} "
+          f"(unigram {report['unigram_perplexity']:.1f}) over {count:,} tokens, "
+          f"{report['tokens_per_second']:,.0f} tokens/s", file=sys.stderr)
+    return report

@@ -1,0 +1,185 @@
+"""Stage 3: expanda's token lines -> uint16 token-id shards + manifest.json.
+
+Layout: each split is one stream of token ids, every corpus line followed by
+the `</s>` id, lines packed back to back (no padding). The stream is cut into
+`<split>_NNNNNN.bin` files of at most `shard_tokens` ids, raw little-endian
+uint16, so `numpy.memmap(path, dtype="<u2")` reads a shard without copying.
+Ids are the line numbers of vocab.txt as it is (expanda already put
+`<unk> <s> </s> <pad>` first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt2 import UserError
+from gpt2.corpus import SPECIALS
+from gpt2.files import atomic_path, file_digest, fsync_dir
+
+DTYPE = np.dtype("<u2")
+EOS = "</s>"
+BATCH_LINES = 4096
+
+
+def load_vocab(path: str | os.PathLike) -> dict[str, int]:
+    """token -> id from vocab.txt; duplicates, missing specials and > uint16 sizes are errors."""
+    tokens = Path(path).read_text(encoding="utf-8").splitlines()
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        dup = next(t for i, t in enumerate(tokens) if vocab[t] != i)
+        raise UserError(f"{path}: token {dup!r} appears more than once; rebuild the vocabulary")
+    if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+        raise UserError(f"{path}: must start with {' '.join(SPECIALS)} (found {' '.join(tokens[:4])})")
+    if len(tokens) > np.iinfo(DTYPE).max + 1:
+        raise UserError(f"{path}: {len(tokens)} tokens do not fit uint16 shards; lower corpus.vocab_size")
+    return vocab
+
+
+class ShardWriter:
+    """Appends id arrays to `<prefix>_NNNNNN.bin` files of at most `shard_tokens` ids."""
+
+    def __init__(self, folder: Path, prefix: str, shard_tokens: int):
+        self.folder, self.prefix, self.shard_tokens = folder, prefix, shard_tokens
+        self.shards: list[dict] = []
+        self.fh = None
+        self.in_shard = 0
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self.fh is None or self.in_shard == self.shard_tokens:
+                self._next_shard()
+            take = ids[: self.shard_tokens - self.in_shard]
+            take.tofile(self.fh)
+            self.in_shard += len(take)
+            self.shards[-1]["tokens"] += len(take)
+            ids = ids[len(take):]
+
+    def _next_shard(self) -> None:
+        self.close()
+        name = f"{self.prefix}_{len(self.shards):06d}.bin"
+        self.fh = open(self.folder / name, "wb")
+        self.shards.append({"file": f"{self.prefix}/{name}", "tokens": 0})
+        self.in_shard = 0
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            self.fh = None
+
+
+def encode_lines(lines: list[str], vocab: dict[str, int], unk: int, eos: int) -> tuple[np.ndarray, int]:
+    """Ids of a batch of token lines, each followed by `eos`; also how many tokens were not in the vocab."""
+    ids: list[int] = []
+    get = vocab.get
+    for line in lines:
+        ids.extend([get(t, -1) for t in line.split()])
+        ids.append(eos)
+    arr = np.asarray(ids, dtype=np.int32)
+    missing = arr < 0
+    arr[missing] = unk
+    return arr.astype(DTYPE), int(missing.sum())
+
+
+def shard_split(corpus: Path, vocab: dict[str, int], folder: Path, prefix: str, shard_tokens: int) -> dict:
+    """Stream one corpus file into shards; returns its manifest entry."""
+    folder.mkdir(parents=True)
+    writer = ShardWriter(folder, prefix, shard_tokens)
+    unk, eos = vocab[SPECIALS[0]], vocab[EOS]
+    lines = tokens = unknown = missing_total = 0
+    size = corpus.stat().st_size
+    with open(corpus, encoding="utf-8") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=prefix,
+                                                     mininterval=2) as bar:
+        while batch := [line for _, line in zip(range(BATCH_LINES), fh)]:
+            ids, missing = encode_lines(batch, vocab, unk, eos)
+            writer.write(ids)
+            lines, tokens, missing_total = lines + len(batch), tokens + len(ids), missing_total + missing
+            unknown += int(np.count_nonzero(ids == unk))
+            bar.update(sum(len(line.encode("utf-8")) for line in batch))
+    writer.close()
+    if tokens == 0:
+        raise UserError(f"{corpus}: empty corpus, nothing to shard; check the corpus stage's log")
+    for shard in writer.shards:
+        shard["sha256"] = file_digest(folder.parent / shard["file"])
+    return {"lines": lines, "tokens": tokens, "unk_tokens": unknown, "missing_from_vocab": missing_total,
+            "shards": writer.shards}
+
+
+def make_shards(vocab_path: Path, train: Path, test: Path, out_dir: Path, shard_tokens: int) -> dict:
+    """Write train/ and test/ shards and manifest.json into `out_dir`; manifest last, atomically."""
+    out_dir = Path(out_dir)
+    vocab = load_vocab(vocab_path)
+    staging = out_dir / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    started = time.perf_counter()
+    try:
+        splits = {name: shard_split(Path(path), vocab, staging / name, name, shard_tokens)
+                  for name, path in (("train", train), ("test", test))}
+        seconds = time.perf_counter() - started
+        total = sum(s["tokens"] for s in splits.values())
+        manifest = {
+            "format": "raw little-endian uint16 token ids; every corpus line followed by </s>, packed",
+            "dtype": DTYPE.str,
+            "vocab": str(vocab_path),
+            "vocab_size": len(vocab),
+            "vocab_sha256": file_digest(vocab_path),
+            "special_ids": {token: vocab[token] for token in SPECIALS},
+            "eos_id": vocab[EOS],
+            "shard_tokens": shard_tokens,
+            "splits": splits,
+            "tokens_per_second": round(total / seconds),
+        }
+        for name in splits:
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+            os.replace(staging / name, out_dir / name)
+        fsync_dir(out_dir)
+        with atomic_path(out_dir / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name, split in splits.items():
+        print(f"{name}: {split['lines']:,} lines, {split['tokens']:,} tokens, {split['unk_tokens']:,} <unk> "
+              f"({split['missing_from_vocab']:,} not in vocab.txt), "
+              f"{len(split['shards'])} shard(s)", file=sys.stderr)
+    print(f"sharded {total:,} tokens in {seconds:.2f}s ({total / seconds:,.0f} tokens/s)", file=sys.stderr)
+    return manifest
+
+
+class TokenStream:
+    """A split's shards as one read-only sequence of ids, memory-mapped (no copies within a shard)."""
+
+    def __init__(self, manifest_path: str | os.PathLike, split: str, verify_vocab: str | None = None):
+        manifest_path = Path(manifest_path)
+        self.manifest = json.loads(manifest_path.read_text())
+        if verify_vocab is not None and file_digest(verify_vocab) != self.manifest["vocab_sha256"]:
+            raise UserError(f"{manifest_path}: shards were made with another vocabulary than {verify_vocab}; "
+                            "re-run make_shards")
+        shards = self.manifest["splits"][split]["shards"]
+        self.parts = [np.memmap(manifest_path.parent / s["file"], dtype=DTYPE, mode="r") for s in shards]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """ids[start:start+length], joining shards only where the window crosses a boundary."""
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        offset = start - int(self.starts[i])
+        if offset + length <= len(self.parts[i]):
+            return self.parts[i][offset: offset + length]
+        pieces, need = [], length
+        while need > 0:
+            piece = self.parts[i][offset: offset + need]
+            pieces.append(piece)
+            need -= len(piece)
+            i, offset = i + 1, 0
+        return np.concatenate(pieces)

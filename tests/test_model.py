@@ -1,0 +1,98 @@
+"""The GPT-2 model: causality, KV cache, parameter counts, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from gpt2.model import GPT, GPTConfig, sample_next
+
+PRESETS = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
+
+
+def _tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=100, seq_len=32, layers=2, heads=4, dims=32, **kw)).eval()
+
+
+def test_changing_a_future_token_never_changes_earlier_logits():
+    model = _tiny()
+    ids = torch.randint(0, 100, (2, 20))
+    changed = ids.clone()
+    changed[:, 12] = (changed[:, 12] + 1) % 100
+    a, _, _ = model(ids)
+    b, _, _ = model(changed)
+    assert torch.equal(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_kv_cache_matches_full_recomputation():
+    model = _tiny()
+    prompt = torch.randint(0, 100, (1, 5))
+    cached = model.generate(prompt, max_tokens=20, temperature=0)
+    full = prompt
+    for _ in range(20):
+        logits, _, _ = model(full)
+        full = torch.cat([full, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, full)
+    # Chunks of several tokens on top of a cache see the cache and their own causal prefix.
+    logits_full, _, _ = model(full)
+    _, _, past = model(full[:, :10])
+    logits_chunk, _, _ = model(full[:, 10:17], past=past)
+    torch.testing.assert_close(logits_chunk, logits_full[:, 10:17], atol=1e-5, rtol=1e-5)
+
+
+def test_generation_stops_at_eos_and_at_seq_len():
+    model = _tiny()
+    prompt = torch.randint(0, 100, (1, 3))
+    greedy = model.generate(prompt, max_tokens=50, temperature=0)
+    assert greedy.shape[1] == 32  # capped by the model's positions
+    eos = int(greedy[0, 3])
+    assert model.generate(prompt, max_tokens=50, temperature=0, eos_id=eos).shape[1] == 4
+
+
+def gpt2_formula(vocab: int, seq: int, layers: int, dims: int) -> int:
+    # token + position embeddings, 12D^2 + 13D per block, final LayerNorm (GPT-2 paper layout).
+    return vocab * dims + seq * dims + layers * (12 * dims * dims + 13 * dims) + 2 * dims
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts_match_the_gpt2_formula(name):
+    arch = PRESETS[name]
+    cfg = GPTConfig(vocab_size=50257, seq_len=1024, **arch)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    counts = model.num_params()
+    assert counts["total"] == gpt2_formula(cfg.padded_vocab, 1024, arch["layers"], arch["dims"])
+    assert counts["non_embedding"] == arch["layers"] * (12 * arch["dims"] ** 2 + 13 * arch["dims"]) + 2 * arch["dims"]
+
+
+def test_gpt2_small_has_its_known_size():
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=50257, seq_len=1024, **PRESETS["small"]))
+    assert model.num_params()["total"] == 124_475_904  # 124M with the vocab padded to 50304
+
+
+def test_output_is_tied_and_residual_init_is_scaled():
+    model = GPT(GPTConfig(vocab_size=1000, seq_len=16, layers=8, heads=4, dims=256))
+    assert model.cfg.padded_vocab == 1024
+    std = model.blocks[0].attn.proj.weight.std().item()
+    assert abs(std - 0.02 / 4) < 0.002  # 1/sqrt(2 * 8 layers)
+    logits, _, _ = model(torch.zeros(1, 4, dtype=torch.long))
+    assert logits.shape == (1, 4, 1000)  # padded rows are sliced away
+
+
+def test_heads_must_divide_dims():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(vocab_size=10, dims=100, heads=3)
+
+
+def test_nucleus_and_top_k_keep_only_likely_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    top_p = {int(sample_next(logits, 1.0, 0, 0.7, g)) for _ in range(200)}
+    assert top_p == {0, 1}
+    top_k = {int(sample_next(logits, 1.0, 1, 1.0, g)) for _ in range(50)}
+    assert top_k == {0}

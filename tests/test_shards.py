@@ -1,0 +1,107 @@
+"""Stage 3: shards round-trip to the token lines, the manifest tells the truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2 import UserError
+from gpt2.files import file_digest
+from gpt2.shards import DTYPE, TokenStream, load_vocab, make_shards
+
+VOCAB = ["<unk>", "<s>", "</s>", "<pad>", "the", "cat", "sat", "on", "mat", "##s", "."]
+
+
+def _corpus(tmp_path: Path, train: list[str], test: list[str]) -> tuple[Path, Path, Path]:
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    paths = []
+    for name, lines in (("train", train), ("test", test)):
+        path = tmp_path / f"corpus.{name}.txt"
+        path.write_text("".join(line + "\n" for line in lines))
+        paths.append(path)
+    return vocab, *paths
+
+
+def _decode(stream: TokenStream) -> list[str]:
+    ids = np.concatenate(stream.parts).tolist()
+    lines, line = [], []
+    for i in ids:
+        if VOCAB[i] == "</s>":
+            lines.append(" ".join(line))
+            line = []
+        else:
+            line.append(VOCAB[i])
+    assert not line, "the stream must end with </s>"
+    return lines
+
+
+def test_round_trip_and_manifest(tmp_path):
+    train = ["the cat sat on the mat .", "the cat ##s sat .", "mat ."] * 7
+    test = ["the mat .", "on the cat ."]
+    vocab, tr, te = _corpus(tmp_path, train, test)
+    manifest = make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=16)
+    assert _decode(TokenStream(tmp_path / "shards/manifest.json", "train")) == train
+    assert _decode(TokenStream(tmp_path / "shards/manifest.json", "test")) == test
+    split = manifest["splits"]["train"]
+    assert split["lines"] == len(train)
+    assert split["tokens"] == sum(len(line.split()) + 1 for line in train)
+    assert [s["tokens"] for s in split["shards"]][:-1] == [16] * (len(split["shards"]) - 1)
+    for shard in split["shards"]:
+        path = tmp_path / "shards" / shard["file"]
+        assert path.stat().st_size == shard["tokens"] * DTYPE.itemsize
+        assert file_digest(path) == shard["sha256"]
+    assert manifest["vocab_sha256"] == file_digest(vocab)
+    assert manifest["special_ids"] == {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    assert json.loads((tmp_path / "shards/manifest.json").read_text()) == manifest
+    assert not list((tmp_path / "shards").glob(".staging-*"))
+
+
+def test_windows_cross_shard_boundaries(tmp_path):
+    vocab, tr, te = _corpus(tmp_path, ["the cat sat on the mat ."] * 10, ["the mat ."])
+    make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=7)
+    stream = TokenStream(tmp_path / "shards/manifest.json", "train")
+    whole = np.concatenate(stream.parts)
+    assert len(stream.parts) > 5 and len(stream) == len(whole)
+    for start in range(0, len(whole) - 20):
+        assert np.array_equal(stream.window(start, 20), whole[start: start + 20])
+
+
+def test_unknown_tokens_map_to_unk_and_are_counted(tmp_path):
+    vocab, tr, te = _corpus(tmp_path, ["the dog sat on the sofa .", "<unk> cat ."], ["the mat ."])
+    manifest = make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=100)
+    split = manifest["splits"]["train"]
+    assert (split["missing_from_vocab"], split["unk_tokens"]) == (2, 3)
+    assert _decode(TokenStream(tmp_path / "shards/manifest.json", "train"))[0] == "the <unk> sat on the <unk> ."
+
+
+@pytest.mark.parametrize("vocab, message", [
+    (VOCAB + ["cat"], "token 'cat' appears more than once"),
+    (VOCAB[1:], "must start with <unk> <s> </s> <pad>"),
+    (VOCAB[:4] + [f"t{i}" for i in range(70000)], "do not fit uint16 shards"),
+])
+def test_bad_vocab_is_refused(tmp_path, vocab, message):
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    with pytest.raises(UserError, match=message):
+        load_vocab(path)
+
+
+def test_empty_corpus_leaves_no_output(tmp_path):
+    vocab, tr, te = _corpus(tmp_path, [], ["the mat ."])
+    with pytest.raises(UserError, match="empty corpus"):
+        make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=100)
+    assert not (tmp_path / "shards/manifest.json").exists() and not (tmp_path / "shards/train").exists()
+
+
+def test_sample_shards_match_the_corpus(tiny_run):
+    manifest = json.loads((tiny_run / "results/shards/manifest.json").read_text())
+    for split in ("train", "test"):
+        lines = (tiny_run / f"results/corpus/corpus.{split}.txt").read_text(encoding="utf-8").splitlines()
+        entry = manifest["splits"][split]
+        assert entry["lines"] == len(lines)
+        assert entry["tokens"] == sum(len(line.split()) + 1 for line in lines)
+    assert manifest["vocab_size"] == 8000 and manifest["tokens_per_second"] > 0

@@ -1,0 +1,131 @@
+"""Stage 4: schedule, data order, exact resume after a real kill -9, DDP equivalence, learning."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_CONFIG
+from gpt2.model import GPT, GPTConfig
+from gpt2.shards import TokenStream
+from gpt2.train import Batches, TrainConfig, lr_factor, param_groups
+
+TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
+RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--lr", "0.003", "--warmup_steps", "4",
+       "--eval_every", "8", "--eval_tokens", "1024", "--log_every", "4", "--checkpoint_every", "4",
+       "--keep_checkpoints", "3", "--threads", "1", "--device", "cpu"]
+
+
+def _train_cmd(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gpt2", "train", "--shards", str(manifest), "--out_dir", str(out),
+            *TINY_ARCH, *RUN, *extra]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _losses(path: Path) -> list[tuple[int, float, str]]:
+    return [(int(r["step"]), float(r["train_loss"]), r["eval_loss"]) for r in _rows(path)]
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_every_sequence_is_seen_once_per_epoch(tiny_run):
+    stream = TokenStream(tiny_run / "results/shards/manifest.json", "train")
+    batches = Batches(stream, seq_len=128, per_step=64, seed=3)
+    steps = batches.count // 64
+    seen = [i for s in range(steps) for i in batches.indices(s)]
+    assert len(set(seen)) == len(seen) == steps * 64
+    assert batches.indices(5) == Batches(stream, 128, 64, 3).indices(5)  # a pure function of the step
+    assert batches.indices(5) != Batches(stream, 128, 64, 4).indices(5)
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8))
+    decay, plain = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {
+        "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
+    assert plain["weight_decay"] == 0.0 and "wte.weight" in {names[id(p)] for p in plain["params"]}
+
+
+def test_training_beats_the_unigram_baseline(tiny_run):
+    report = json.loads((tiny_run / "results/eval_tiny.json").read_text())
+    assert report["train_steps"] == TINY_CONFIG["train"]["steps"]
+    assert report["perplexity"] < 0.8 * report["unigram_perplexity"]
+    rows = _rows(tiny_run / "results/train/tiny/metrics.csv")
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 1.0
+    assert [c for c in rows[0]] == ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second",
+                                    "grad_norm"]
+    log = (tiny_run / "results/logs/train/tiny.log").read_text()
+    assert "train: 100%" in log  # tqdm progress in the log
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
+    manifest = tiny_run / "results/shards/manifest.json"
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(manifest, straight), check=True, env=_env(), capture_output=True)
+
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen(_train_cmd(manifest, crashed), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((crashed / "checkpoints").glob("step_0000012.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (crashed / "model.pt").exists()
+    resumed = subprocess.run(_train_cmd(manifest, crashed), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert _losses(crashed / "metrics.csv") == _losses(straight / "metrics.csv")
+    a = torch.load(straight / "model.pt", weights_only=True)["model"]
+    b = torch.load(crashed / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_checkpoints_of_another_run(tiny_run, tmp_path):
+    manifest = tiny_run / "results/shards/manifest.json"
+    subprocess.run(_train_cmd(manifest, tmp_path, "--stop_after", "4"), check=True, env=_env(),
+                   capture_output=True)
+    proc = subprocess.run(_train_cmd(manifest, tmp_path, "--lr", "0.01"), env=_env(), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: checkpoints in") and "other lr" in proc.stderr
+
+
+def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_path):
+    manifest = tiny_run / "results/shards/manifest.json"
+    single = tmp_path / "single"
+    subprocess.run(_train_cmd(manifest, single), check=True, env=_env(), capture_output=True)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gpt2", "train", "--shards",
+           str(manifest), "--out_dir", str(tmp_path / "ddp"), *TINY_ARCH, *RUN]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for (s1, l1, e1), (s2, l2, e2) in zip(_losses(single / "metrics.csv"), _losses(tmp_path / "ddp/metrics.csv"),
+                                          strict=True):
+        assert s1 == s2 and math.isclose(l1, l2, rel_tol=1e-4)
+        assert (e1 == "") == (e2 == "") and (not e1 or math.isclose(float(e1), float(e2), rel_tol=1e-4))
