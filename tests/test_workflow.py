@@ -36,6 +36,10 @@ def test_partial_config_gets_defaults():
     ({"dump": {"retries": -1}}, "dump.retries"),
     ({"dump": {"sha1": "xyz"}}, "dump.sha1"),
     ({"nonsense": 1}, "unknown key nonsense"),
+    ({"models": {"odd": {"layers": 2, "heads": 3, "dims": 64}}}, "models.odd.heads = 3 does not divide"),
+    ({"train": {"batch_tokens": 1000}}, "train.batch_tokens = 1000 is not a multiple of"),
+    ({"train": {"steps": 0}}, "train.steps = 0 is out of range"),
+    ({"train": {"amp": "maybe"}}, "train.amp = 'maybe' must be one of"),
 ])
 def test_bad_values_name_the_key(config, key):
     with pytest.raises(UserError, match=re.escape(key)):

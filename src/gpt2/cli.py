@@ -14,11 +14,19 @@ from gpt2 import UserError
 
 
 def boolean(text: str) -> bool:
-    """true/false (also yes/no, 1/0) for flags whose default may be either."""
-    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    """true/false (also yes/no, on/off, 1/0) for flags whose default may be either."""
+    value = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}.get(text.lower())
     if value is None:
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return value
+
+
+def switch(text: str) -> str:
+    """auto / on / off (true/false and yes/no too, as YAML writes them)."""
+    if text.lower() == "auto":
+        return "auto"
+    return "on" if boolean(text) else "off"
 
 
 def _fetch_dump(args: argparse.Namespace) -> None:
@@ -69,7 +77,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from gpt2.evaluate import evaluate
 
     evaluate(args.model_path, args.shards, args.output, args.name or args.model_path.parent.name,
-             batch=args.batch_eval, device=args.device)
+             batch=args.batch_eval, device=args.device, amp=args.amp, threads=args.threads)
 
 
 def _add_dump(sub: argparse._SubParsersAction) -> None:
@@ -138,7 +146,7 @@ TRAIN_FLAGS = {
     "keep_checkpoints": ("newest checkpoints kept", []),
     "compile": ("torch.compile: auto (on for CUDA), on, off", []),
     "grad_ckpt": ("activation checkpointing (true/false)", ["--use_grad_ckpt"]),
-    "amp": ("bf16 autocast on CUDA (true/false)", ["--use_amp"]),
+    "amp": ("bf16 autocast: auto (CUDA, and CPUs with native bf16), on, off", []),
 }
 
 
@@ -158,7 +166,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dropout", type=float, default=0.0)
     for f in fields(TrainConfig):
         help_text, aliases = TRAIN_FLAGS[f.name]
-        kind = boolean if isinstance(f.default, bool) else type(f.default)
+        kind = boolean if isinstance(f.default, bool) else switch if f.default == "auto" else type(f.default)
         p.add_argument(f"--{f.name}", *aliases, dest=f.name, type=kind, default=f.default,
                        help=f"{help_text} (default {f.default})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -175,6 +183,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="model name in the report (default: the model's folder)")
     p.add_argument("--batch_eval", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", type=switch,
+                   help="bf16 autocast: auto (CUDA, and CPUs with native bf16), on, off")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.set_defaults(func=_evaluate)
 
 

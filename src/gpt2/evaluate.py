@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import math
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
 
 @torch.inference_mode()
 def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device: torch.device,
-               limit: int | None = None, progress: bool = False) -> tuple[float, int]:
+               limit: int | None = None, progress: bool = False, bf16: bool = False) -> tuple[float, int]:
     """(sum of NLL in nats, number of predicted tokens) over the stream (or its first `limit` tokens)."""
     n = len(stream) if limit is None else min(limit, len(stream))
     spans = windows(n, seq_len)
@@ -46,7 +47,7 @@ def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device
     for group in tqdm(groups, desc="evaluate", disable=not progress, mininterval=5):
         rows = np.stack([stream.window(start, length + 1) for start, length in group]).astype(np.int64)
         ids = torch.from_numpy(rows).to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, bf16):
             _, loss, _ = model(ids[:, :-1], ids[:, 1:], reduction="sum")
         total += float(loss)
         count += ids[:, 1:].numel()
@@ -54,9 +55,25 @@ def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device
     return total, count
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 / AMX): there bf16 autocast trains ~1.8x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def use_bf16(amp: str, device: torch.device) -> bool:
+    """amp: on / off, or auto = CUDA, and CPUs with native bf16."""
+    if amp in ("on", "off"):
+        return amp == "on"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on `device` when enabled (the loss is always computed in fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int) -> tuple[float, int]:
@@ -97,17 +114,20 @@ def versions() -> dict[str, str]:
 
 
 def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batch: int = 16,
-             device: str = "auto") -> dict:
+             device: str = "auto", amp: str = "auto", threads: int | None = None) -> dict:
     """Score `model_path` on the test shards; write the JSON report to `out` atomically."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
+    if threads:
+        torch.set_num_threads(threads)
     model, state = load_model(model_path, dev)
+    bf16 = use_bf16(amp, dev)
     cfg = model.cfg
     train, test = TokenStream(manifest, "train"), TokenStream(manifest, "test")
     if test.manifest["vocab_size"] != cfg.vocab_size:
         raise UserError(f"{model_path}: model vocabulary {cfg.vocab_size} != shards' {test.manifest['vocab_size']}")
     started = time.perf_counter()
-    nll, count = stream_nll(model, test, cfg.seq_len, batch, dev, progress=True)
+    nll, count = stream_nll(model, test, cfg.seq_len, batch, dev, progress=True, bf16=bf16)
     seconds = time.perf_counter() - started
     uni, uni_count = unigram_nll(train, test, cfg.vocab_size)
     assert uni_count == count, "model and unigram must score the same positions"
@@ -132,6 +152,7 @@ def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batc
         "checkpoint": str(model_path),
         "seed": state["train_config"]["seed"],
         "device": str(dev),
+        "precision": "bf16 autocast" if bf16 else "fp32",
         "versions": versions(),
     }
     if out is not None:

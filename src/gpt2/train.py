@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gpt2 import UserError
-from gpt2.evaluate import autocast, stream_nll
+from gpt2.evaluate import autocast, stream_nll, use_bf16
 from gpt2.files import atomic_path
 from gpt2.model import GPT, GPTConfig
 from gpt2.shards import TokenStream
@@ -54,11 +54,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     compile: str = "auto"  # auto: on for CUDA
     grad_ckpt: bool = False
-    amp: bool = True  # bf16 autocast on CUDA (CPU always trains in fp32)
+    amp: str = "auto"  # bf16 autocast: auto (CUDA, and CPUs with native bf16), on, off
 
     # Keys that change the trajectory: a checkpoint only resumes a run that agrees on them.
     TRAJECTORY = ("steps", "batch_tokens", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1",
-                  "beta2", "grad_clip", "seed")
+                  "beta2", "grad_clip", "seed", "amp")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -277,7 +277,7 @@ def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig
     net = DistributedDataParallel(model) if env.world > 1 else model
     if cfg.compile == "on" or (cfg.compile == "auto" and cuda):
         net = torch.compile(net)
-    use_amp = cfg.amp and cuda
+    bf16 = use_bf16(cfg.amp, env.device)
 
     first_step, window_loss, window_start = step, [], time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", mininterval=5, disable=not env.main)
@@ -288,7 +288,7 @@ def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig
             lo = (micro * env.world + env.rank) * cfg.micro_batch
             x, y = batches.tensor(seqs[lo: lo + cfg.micro_batch], env.device)
             sync = micro == accum - 1 or env.world == 1
-            with _maybe_no_sync(net, sync), autocast(env.device) if use_amp else contextlib.nullcontext():
+            with _maybe_no_sync(net, sync), autocast(env.device, bf16):
                 _, loss, _ = net(x, y)
             (loss / accum).backward()
             loss_sum += loss.detach() / accum
@@ -312,7 +312,7 @@ def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig
                    "tokens_per_second": f"{len(window_loss) * cfg.batch_tokens / (now - window_start):.1f}"}
             if env.main and (step % cfg.eval_every == 0 or step == cfg.steps):
                 nll, count = stream_nll(model, test_stream, model_cfg.seq_len, cfg.micro_batch, env.device,
-                                        limit=cfg.eval_tokens)
+                                        limit=cfg.eval_tokens, bf16=bf16)
                 row["eval_loss"] = f"{nll / count:.6f}"
             if env.main:
                 metrics.append(row)
