@@ -28,7 +28,8 @@ test: setup
 	$(VENV)/bin/pytest -q
 
 report: setup
-	$(SMK) --report results/report.html
+	$(SMK) --cores $(CORES) report_all
+	$(SMK) --report results/report.html report_all
 
 clean:
 	rm -rf results resources .snakemake

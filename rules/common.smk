@@ -85,3 +85,13 @@ def arch_flags(wildcards):
 
 def train_flags():
     return flags(device=train_device(), **{k: v for k, v in TRAIN_CFG.items() if k not in TRAIN_ONLY})
+
+
+def sample_prompt_flags():
+    return " ".join("--prompt " + shlex.quote(p) for p in config["report"]["prompts"])
+
+
+def benchmark_files(models):
+    stages = ["fetch_dump", "patch_expanda", "build_corpus", "make_shards"]
+    stages += [f"{stage}/{m}" for m in models for stage in ("train", "evaluate")]
+    return [f"results/benchmarks/{stage}.tsv" for stage in stages]

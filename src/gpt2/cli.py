@@ -80,6 +80,71 @@ def _evaluate(args: argparse.Namespace) -> None:
              batch=args.batch_eval, device=args.device, amp=args.amp, threads=args.threads)
 
 
+def _plot_training(args: argparse.Namespace) -> None:
+    from gpt2.report import plot_training
+
+    plot_training(args.metrics, args.loss, args.lr, args.speed, args.model)
+
+
+def _samples(args: argparse.Namespace) -> None:
+    from gpt2.report import write_samples
+
+    for text in write_samples(args.model_path, args.vocab_path, args.prompt, args.output, args.max_tokens, args.seed):
+        print(text, file=sys.stderr)
+
+
+def _table(args: argparse.Namespace) -> None:
+    from gpt2 import report
+
+    if args.kind == "evaluation":
+        report.eval_table(args.inputs, args.csv, args.html)
+    elif args.kind == "corpus":
+        if len(args.inputs) != 2:
+            raise UserError("table corpus takes --inputs MANIFEST DUMP_INFO")
+        report.corpus_table(*args.inputs, args.csv, args.html)
+    else:
+        report.runtime_table(args.inputs, args.csv, args.html)
+
+
+def _screenshot(args: argparse.Namespace) -> None:
+    from gpt2.report import screenshot_report
+
+    screenshot_report(args.report, args.out, chromium=args.chromium)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot-training", help="loss (four views), learning-rate and throughput figures")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics.csv written by train")
+    p.add_argument("--loss", type=Path, required=True, help="output figure: loss in four views")
+    p.add_argument("--lr", type=Path, required=True, help="output figure: learning rate")
+    p.add_argument("--speed", type=Path, required=True, help="output figure: tokens per second")
+    p.add_argument("--model", default="model", help="name in the titles")
+    p.set_defaults(func=_plot_training)
+
+    p = sub.add_parser("samples", help="seeded completions of fixed prompts")
+    p.add_argument("--model_path", type=Path, required=True)
+    p.add_argument("--vocab_path", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    p.add_argument("--max_tokens", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_samples)
+
+    p = sub.add_parser("table", help="a CSV + HTML table for the report")
+    p.add_argument("kind", choices=["evaluation", "corpus", "runtime"])
+    p.add_argument("--inputs", type=Path, nargs="+", required=True,
+                   help="evaluation: eval JSONs; corpus: manifest.json and the dump's .json; runtime: benchmark TSVs")
+    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--html", type=Path, required=True)
+    p.set_defaults(func=_table)
+
+    p = sub.add_parser("screenshot", help="PNG of the HTML report with the loss curves open (needs chromium)")
+    p.add_argument("--report", type=Path, default=Path("results/report.html"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary Playwright drives")
+    p.set_defaults(func=_screenshot)
+
+
 def _add_dump(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch-dump", help="put a verified Wikipedia dump in place")
     p.add_argument("--source", choices=["sample", "url", "path"], default="sample",
@@ -192,7 +257,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpt2", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_dump, _add_corpus, _add_shards, _add_train, _add_evaluate):
+    for add in (_add_dump, _add_corpus, _add_shards, _add_train, _add_evaluate, _add_report):
         add(sub)
     return parser
 

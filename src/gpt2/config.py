@@ -64,6 +64,10 @@ def _check_consistency(config: dict) -> None:
         if arch["dims"] % arch["heads"]:
             raise UserError(f"config: models.{name}.heads = {arch['heads']} does not divide "
                             f"models.{name}.dims = {arch['dims']}; pick heads that divide dims")
+    for name in config["report"]["models"]:
+        if name not in config["models"]:
+            raise UserError(f"config: report.models lists {name!r}, which is not under models: "
+                            f"({', '.join(config['models'])})")
     t = config["train"]
     per_pass = t["micro_batch"] * t["seq_len"] * max(1, t["gpus"])
     if t["batch_tokens"] % per_pass:

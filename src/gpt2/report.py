@@ -1,0 +1,172 @@
+"""Stage 6: what a reader of the Snakemake report sees -- curves, tables, samples.
+
+Every function reads finished outputs (metrics.csv, eval JSONs, the shards
+manifest, benchmark TSVs, a model) and writes a figure or a table; the rules in
+rules/report.smk mark them for `snakemake --report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from gpt2.files import atomic_path  # noqa: E402
+
+EMA_ALPHA = 0.1  # weight of the newest point in the smoothed curve
+TAIL = 0.3  # the zoomed panel shows the last 30% of training
+
+
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def _loss_lines(ax, df: pd.DataFrame, train_y=None) -> None:
+    ax.plot(df["tokens"], df["train_loss"] if train_y is None else train_y, label="train")
+    evals = df.dropna(subset=["eval_loss"])
+    ax.plot(evals["tokens"], evals["eval_loss"], "o-", label="eval (held-out slice)")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def loss_figure(df: pd.DataFrame, title: str) -> Figure:
+    """The four views of the reference repo's `visualize`: linear, log-x, zoomed tail, EMA-smoothed."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    (linear, logx), (tail, smooth) = axes
+    _loss_lines(linear, df)
+    linear.set_title("loss")
+    _loss_lines(logx, df)
+    logx.set_xscale("log")
+    logx.set_title("loss, log-scaled tokens")
+    _loss_lines(tail, df[df["tokens"] >= df["tokens"].max() * (1 - TAIL)])
+    tail.set_title(f"last {TAIL:.0%} of training")
+    _loss_lines(smooth, df, train_y=df["train_loss"].ewm(alpha=EMA_ALPHA).mean())
+    smooth.set_title(f"train loss EMA-smoothed (alpha {EMA_ALPHA})")
+    fig.suptitle(title)
+    return fig
+
+
+def series_figure(df: pd.DataFrame, column: str, ylabel: str, title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
+    ax.plot(df["tokens"], df[column])
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix[1:], dpi=110)
+    plt.close(fig)
+
+
+def plot_training(metrics: str | Path, loss_png: str | Path, lr_png: str | Path, speed_png: str | Path,
+                  model: str) -> None:
+    df = read_metrics(metrics)
+    save(loss_figure(df, f"{model}: training and held-out loss"), loss_png)
+    save(series_figure(df, "lr", "learning rate", f"{model}: learning-rate schedule"), lr_png)
+    save(series_figure(df, "tokens_per_second", "tokens / s", f"{model}: training throughput"), speed_png)
+
+
+def _write_table(df: pd.DataFrame, csv: str | Path, html: str | Path, title: str) -> None:
+    with atomic_path(csv) as tmp:
+        df.to_csv(tmp, index=False)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+            "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}</style></head>"
+            f"<body><h3>{title}</h3>{df.to_html(index=False, float_format=lambda v: f'{v:,.4g}')}</body></html>")
+    with atomic_path(html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def eval_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
+    """One row per evaluated model, perplexity beside its unigram floor."""
+    rows = []
+    for path in reports:
+        r = json.loads(Path(path).read_text())
+        rows.append({"model": r["model"], "layers": r["layers"], "heads": r["heads"], "dims": r["dims"],
+                     "params (non-embedding)": r["params"]["non_embedding"], "params (total)": r["params"]["total"],
+                     "train tokens": r["train_tokens"], "test tokens": r["eval_tokens"], "loss": r["loss"],
+                     "perplexity": r["perplexity"], "unigram perplexity": r["unigram_perplexity"],
+                     "perplexity / unigram": r["perplexity"] / r["unigram_perplexity"],
+                     "bits/token": r["bits_per_token"], "eval tokens/s": r["tokens_per_second"]})
+    df = pd.DataFrame(rows)
+    _write_table(df, csv, html, "Evaluation on the test split")
+    return df
+
+
+def corpus_table(manifest: str | Path, dump_info: str | Path, csv: str | Path, html: str | Path) -> pd.DataFrame:
+    m, info = json.loads(Path(manifest).read_text()), json.loads(Path(dump_info).read_text())
+    rows = [{"split": name, "articles in dump": info["articles"], "language": info["lang"],
+             "lines": s["lines"], "tokens": s["tokens"], "<unk> tokens": s["unk_tokens"],
+             "unk rate": s["unk_tokens"] / s["tokens"], "shards": len(s["shards"]), "vocab size": m["vocab_size"]}
+            for name, s in m["splits"].items()]
+    df = pd.DataFrame(rows)
+    _write_table(df, csv, html, "Corpus statistics")
+    return df
+
+
+def runtime_table(benchmarks: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
+    """Wall time and peak memory of each rule, from Snakemake's benchmark: files."""
+    rows = []
+    for path in benchmarks:
+        b = pd.read_csv(path, sep="\t").iloc[-1]
+        name = Path(path).as_posix().split("benchmarks/", 1)[-1]  # e.g. train/small.tsv
+        rows.append({"job": name.removesuffix(".tsv"), "wall seconds": b["s"], "max RSS (MB)": b["max_rss"],
+                     "CPU seconds": b.get("cpu_time", float("nan"))})
+    df = pd.DataFrame(rows)
+    _write_table(df, csv, html, "Runtime of each job")
+    return df
+
+
+def write_samples(model_path: str | Path, vocab: str | Path, prompts: list[str], out: str | Path,
+                  max_tokens: int, seed: int) -> list[str]:
+    """Seeded completions of fixed prompts, one paragraph each."""
+    import torch
+
+    from gpt2.evaluate import load_model
+    from gpt2.generate import complete, load_tokenizer
+
+    model, _ = load_model(model_path, torch.device("cpu"))
+    tokenizer = load_tokenizer(vocab)
+    texts = [complete(model, tokenizer, p, max_tokens=max_tokens, seed=seed + i) for i, p in enumerate(prompts)]
+    with atomic_path(out) as tmp:
+        tmp.write_text("".join(f"[{p}] {t}\n\n" for p, t in zip(prompts, texts)), encoding="utf-8")
+    return texts
+
+
+# Flags for headless Chromium on a machine without network (root, no GPU, no background traffic).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+
+def open_in_browser(pw, chromium: str, width: int = 1400, height: int = 900):
+    """(browser, page) of headless Chromium driven by Playwright, with the system's chromium binary."""
+    browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    return browser, browser.new_page(viewport={"width": width, "height": height})
+
+
+def screenshot_report(html: str | Path, out: str | Path, category: str = "Training curves",
+                      item: str = "loss (four views)", chromium: str = "/usr/bin/chromium") -> None:
+    """A PNG of the report with one result opened, for the README."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = open_in_browser(pw, chromium, 1280, 720)
+        page.goto(Path(html).resolve().as_uri())
+        page.get_by_text(category, exact=True).click()
+        page.locator("tr", has_text=item).locator("a[iconname=eye]").click()
+        page.wait_for_timeout(1000)
+        with atomic_path(out) as tmp:
+            page.screenshot(path=str(tmp), type="png")
+        browser.close()
