@@ -27,5 +27,6 @@ rule train:
     conda:
         "../envs/train.yaml"
     shell:
-        "{params.launcher} train --shards {input.manifest} --out_dir results/train/{wildcards.model}"
+        "{params.launcher} train --eval_corpus {input.manifest} --save_model_path {output.model}"
+        " --save_checkpoint_path results/train/{wildcards.model}/checkpoints"
         " {params.arch} {params.flags} --threads {threads} 2> {log}"

@@ -24,3 +24,11 @@ def test_unknown_model_name_is_refused(tmp_path):
     proc = snakemake(tmp_path, "results/eval_huge.json", extra=("-n",))
     assert proc.returncode != 0
     assert "No rule to produce results/eval_huge.json" in proc.stdout + proc.stderr
+
+
+def test_export_is_a_dag_output(tiny_run):
+    proc = snakemake(tiny_run, "results/hf/tiny", config=TINY_CONFIG)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = {p.name for p in (tiny_run / "results/hf/tiny").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    assert json.loads((tiny_run / "results/hf/tiny/config.json").read_text())["n_layer"] == 2

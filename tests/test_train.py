@@ -21,14 +21,18 @@ from gpt2.shards import TokenStream
 from gpt2.train import Batches, TrainConfig, lr_factor, param_groups
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
-RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--lr", "0.003", "--warmup_steps", "4",
+RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--dropout", "0", "--lr", "0.003", "--warmup_steps", "4",
        "--eval_every", "8", "--eval_tokens", "1024", "--log_every", "4", "--checkpoint_every", "4",
        "--keep_checkpoints", "3", "--threads", "1", "--device", "cpu"]
 
 
 def _train_cmd(manifest: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "gpt2", "train", "--shards", str(manifest), "--out_dir", str(out),
-            *TINY_ARCH, *RUN, *extra]
+    return [sys.executable, "-m", "gpt2", "train", "--eval_corpus", str(manifest), *_outputs(out), *TINY_ARCH, *RUN,
+            *extra]
+
+
+def _outputs(out: Path) -> list[str]:
+    return ["--save_model_path", str(out / "model.pt"), "--save_checkpoint_path", str(out / "checkpoints")]
 
 
 def _env() -> dict:
@@ -85,11 +89,10 @@ def test_training_beats_the_unigram_baseline(tiny_run):
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
     manifest = tiny_run / "results/shards/manifest.json"
-    straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(manifest, straight), check=True, env=_env(), capture_output=True)
-
-    crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_train_cmd(manifest, crashed), env=_env(), stdout=subprocess.DEVNULL,
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    dropout = ("--dropout", "0.1")  # resume must restore the RNG that draws dropout masks
+    subprocess.run(_train_cmd(manifest, straight, *dropout), check=True, env=_env(), capture_output=True)
+    proc = subprocess.Popen(_train_cmd(manifest, crashed, *dropout), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not list((crashed / "checkpoints").glob("step_0000012.pt")) and time.time() < deadline:
@@ -97,7 +100,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (crashed / "model.pt").exists()
-    resumed = subprocess.run(_train_cmd(manifest, crashed), env=_env(), capture_output=True, text=True)
+    resumed = subprocess.run(_train_cmd(manifest, crashed, *dropout), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert _losses(crashed / "metrics.csv") == _losses(straight / "metrics.csv")
@@ -121,8 +124,8 @@ def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_pat
     single = tmp_path / "single"
     subprocess.run(_train_cmd(manifest, single, "--amp", "off"), check=True, env=_env(), capture_output=True)
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gpt2", "train", "--shards",
-           str(manifest), "--out_dir", str(tmp_path / "ddp"), *TINY_ARCH, *RUN, "--amp", "off"]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gpt2", "train", "--eval_corpus",
+           str(manifest), *_outputs(tmp_path / "ddp"), *TINY_ARCH, *RUN, "--amp", "off"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for (s1, l1, e1), (s2, l2, e2) in zip(_losses(single / "metrics.csv"), _losses(tmp_path / "ddp/metrics.csv"),

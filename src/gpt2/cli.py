@@ -11,22 +11,7 @@ import sys
 from pathlib import Path
 
 from gpt2 import UserError
-
-
-def boolean(text: str) -> bool:
-    """true/false (also yes/no, on/off, 1/0) for flags whose default may be either."""
-    value = {"true": True, "yes": True, "on": True, "1": True,
-             "false": False, "no": False, "off": False, "0": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
-
-
-def switch(text: str) -> str:
-    """auto / on / off (true/false and yes/no too, as YAML writes them)."""
-    if text.lower() == "auto":
-        return "auto"
-    return "on" if boolean(text) else "off"
+from gpt2.commands import add_model_commands, boolean
 
 
 def _fetch_dump(args: argparse.Namespace) -> None:
@@ -54,30 +39,6 @@ def _make_shards(args: argparse.Namespace) -> None:
     from gpt2.shards import make_shards
 
     make_shards(args.vocab_path, args.train_corpus, args.test_corpus, args.out, args.shard_tokens)
-
-
-def _train(args: argparse.Namespace) -> None:
-    from dataclasses import fields
-
-    from gpt2.model import GPTConfig
-    from gpt2.shards import TokenStream
-    from gpt2.train import TrainConfig, train
-
-    vocab_size = TokenStream(args.shards, "test").manifest["vocab_size"]
-    try:
-        model_cfg = GPTConfig(vocab_size, args.seq_len, args.layers, args.heads, args.dims, args.rate, args.dropout)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    train(args.shards, args.out_dir, model_cfg, cfg, device=args.device, threads=args.threads,
-          stop_after=args.stop_after)
-
-
-def _evaluate(args: argparse.Namespace) -> None:
-    from gpt2.evaluate import evaluate
-
-    evaluate(args.model_path, args.shards, args.output, args.name or args.model_path.parent.name,
-             batch=args.batch_eval, device=args.device, amp=args.amp, threads=args.threads)
 
 
 def _plot_training(args: argparse.Namespace) -> None:
@@ -190,74 +151,10 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_make_shards)
 
 
-# Training flags: TrainConfig field -> (help, aliases from the reference repo's CLI).
-TRAIN_FLAGS = {
-    "steps": ("optimizer steps in total", ["--total_steps"]),
-    "batch_tokens": ("global batch per optimizer step, in tokens", []),
-    "micro_batch": ("sequences per forward pass per process (gradient accumulation fills the rest)",
-                    ["--batch_train"]),
-    "lr": ("peak learning rate", ["--base_lr"]),
-    "min_lr_ratio": ("cosine decay ends at lr x this", []),
-    "warmup_steps": ("linear warmup steps", []),
-    "weight_decay": ("AdamW weight decay (not on norms, biases, embeddings)", ["--wd_rate"]),
-    "beta1": ("AdamW beta1", []),
-    "beta2": ("AdamW beta2", []),
-    "grad_clip": ("clip the global gradient norm to this", []),
-    "seed": ("seed of initialisation, data order and dropout", []),
-    "eval_every": ("evaluate on the held-out slice every N steps", ["--eval_steps"]),
-    "eval_tokens": ("tokens in the held-out slice (start of the test split)", []),
-    "log_every": ("write a metrics.csv row every N steps", []),
-    "checkpoint_every": ("checkpoint every N steps", ["--save_steps"]),
-    "keep_checkpoints": ("newest checkpoints kept", []),
-    "compile": ("torch.compile: auto (on for CUDA), on, off", []),
-    "grad_ckpt": ("activation checkpointing (true/false)", ["--use_grad_ckpt"]),
-    "amp": ("bf16 autocast: auto (CUDA, and CPUs with native bf16), on, off", []),
-}
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from dataclasses import fields
-
-    from gpt2.train import TrainConfig
-
-    p = sub.add_parser("train", help="train (or resume) a GPT-2 on shards")
-    p.add_argument("--shards", type=Path, required=True, help="manifest.json of make-shards")
-    p.add_argument("--out_dir", type=Path, required=True, help="model.pt, metrics.csv and checkpoints/ go here")
-    p.add_argument("--seq_len", type=int, default=128, help="context length in tokens")
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--dims", type=int, default=768)
-    p.add_argument("--rate", type=int, default=4, help="MLP width = rate x dims")
-    p.add_argument("--dropout", type=float, default=0.0)
-    for f in fields(TrainConfig):
-        help_text, aliases = TRAIN_FLAGS[f.name]
-        kind = boolean if isinstance(f.default, bool) else switch if f.default == "auto" else type(f.default)
-        p.add_argument(f"--{f.name}", *aliases, dest=f.name, type=kind, default=f.default,
-                       help=f"{help_text} (default {f.default})")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--stop_after", type=int, default=None, help=argparse.SUPPRESS)  # crash simulation in tests
-    p.set_defaults(func=_train)
-
-
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="test loss, perplexity and the unigram baseline as JSON")
-    p.add_argument("--model_path", type=Path, required=True, help="model.pt written by train")
-    p.add_argument("--shards", type=Path, required=True, help="manifest.json of make-shards")
-    p.add_argument("--output", type=Path, default=None, help="write the JSON report here")
-    p.add_argument("--name", default="", help="model name in the report (default: the model's folder)")
-    p.add_argument("--batch_eval", type=int, default=16, help="sequences per forward pass")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", default="auto", type=switch,
-                   help="bf16 autocast: auto (CUDA, and CPUs with native bf16), on, off")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.set_defaults(func=_evaluate)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpt2", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_dump, _add_corpus, _add_shards, _add_train, _add_evaluate, _add_report):
+    for add in (_add_dump, _add_corpus, _add_shards, add_model_commands, _add_report):
         add(sub)
     return parser
 

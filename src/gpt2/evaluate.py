@@ -76,13 +76,14 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int) -> tuple[float, int]:
-    """Add-one-smoothed unigram model from train counts, scored on test tokens 1..n-1."""
+def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int, limit: int | None = None
+                ) -> tuple[float, int]:
+    """Add-one-smoothed unigram model from train counts, scored on test tokens 1..n-1 (of the first `limit`)."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for part in train.parts:
         counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
     logp = np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
-    targets = np.concatenate(test.parts)[1:]
+    targets = np.concatenate(test.parts)[1:limit]
     return float(-logp[targets].sum()), len(targets)
 
 
@@ -102,6 +103,14 @@ def load_model(path: str | Path, device: torch.device) -> tuple[GPT, dict]:
     return model.to(device), state
 
 
+def check_architecture(cfg: GPTConfig, expect: dict, source: Path) -> None:
+    """Dims a user named (flags) must agree with the checkpoint, which is what gets used."""
+    for name, value in expect.items():
+        if value != getattr(cfg, name):
+            raise UserError(f"--{name} {value} does not match the checkpoint's {getattr(cfg, name)} ({source}); "
+                            "drop the flag or pass the right model")
+
+
 def versions() -> dict[str, str]:
     def version(name: str) -> str:
         try:
@@ -114,8 +123,14 @@ def versions() -> dict[str, str]:
 
 
 def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batch: int = 16,
-             device: str = "auto", amp: str = "auto", threads: int | None = None) -> dict:
-    """Score `model_path` on the test shards; write the JSON report to `out` atomically."""
+             device: str = "auto", amp: str = "auto", threads: int | None = None, max_batches: int = -1,
+             expect: dict | None = None, baseline: bool = True) -> dict:
+    """Score `model_path` on the test shards; write the JSON report to `out` atomically.
+
+    `max_batches` > 0 scores only the first batches; `expect` holds dims the
+    caller insists on; without a train split (`baseline` False) the unigram
+    keys are null.
+    """
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     if threads:
@@ -123,14 +138,18 @@ def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batc
     model, state = load_model(model_path, dev)
     bf16 = use_bf16(amp, dev)
     cfg = model.cfg
+    check_architecture(cfg, expect or {}, model_path)
     train, test = TokenStream(manifest, "train"), TokenStream(manifest, "test")
     if test.manifest["vocab_size"] != cfg.vocab_size:
         raise UserError(f"{model_path}: model vocabulary {cfg.vocab_size} != shards' {test.manifest['vocab_size']}")
     started = time.perf_counter()
-    nll, count = stream_nll(model, test, cfg.seq_len, batch, dev, progress=True, bf16=bf16)
+    limit = max_batches * batch * cfg.seq_len + 1 if max_batches > 0 else None
+    nll, count = stream_nll(model, test, cfg.seq_len, batch, dev, limit=limit, progress=True, bf16=bf16)
     seconds = time.perf_counter() - started
-    uni, uni_count = unigram_nll(train, test, cfg.vocab_size)
-    assert uni_count == count, "model and unigram must score the same positions"
+    uni = None
+    if baseline:
+        uni, uni_count = unigram_nll(train, test, cfg.vocab_size, limit)
+        assert uni_count == count, "model and unigram must score the same positions"
     loss = nll / count
     report = {
         "model": name,
@@ -146,8 +165,8 @@ def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batc
         "loss": loss,
         "perplexity": math.exp(loss),
         "bits_per_token": loss / math.log(2),
-        "unigram_loss": uni / count,
-        "unigram_perplexity": math.exp(uni / count),
+        "unigram_loss": None if uni is None else uni / count,
+        "unigram_perplexity": None if uni is None else math.exp(uni / count),
         "tokens_per_second": count / seconds,
         "checkpoint": str(model_path),
         "seed": state["train_config"]["seed"],
@@ -158,7 +177,8 @@ def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batc
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
+    floor = "n/a" if uni is None else f"{report['unigram_perplexity']:.1f}"
     print(f"{name}: loss {loss:.4f} nats, perplexity {report['perplexity']:.1f} "
-          f"(unigram {report['unigram_perplexity']:.1f}) over {count:,} tokens, "
+          f"(unigram {floor}) over {count:,} tokens, "
           f"{report['tokens_per_second']:,.0f} tokens/s", file=sys.stderr)
     return report

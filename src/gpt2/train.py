@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gpt2 import UserError
-from gpt2.evaluate import autocast, stream_nll, use_bf16
+from gpt2.evaluate import autocast, load_model, stream_nll, use_bf16
 from gpt2.files import atomic_path
 from gpt2.model import GPT, GPTConfig
 from gpt2.shards import TokenStream
@@ -37,8 +37,9 @@ METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
-    batch_tokens: int = 8192  # global batch per optimizer step, in tokens
+    batch_tokens: int = 0  # global batch per optimizer step, in tokens; 0: micro_batch x seq_len x processes
     micro_batch: int = 8  # sequences per forward pass per process
+    batch_eval: int = 16  # sequences per forward pass in periodic evaluation
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
@@ -150,6 +151,29 @@ def checkpoint_paths(folder: Path) -> list[Path]:
     return sorted(folder.glob("step_*.pt"), reverse=True)
 
 
+def load_checkpoint(path: Path) -> dict:
+    """One checkpoint file, as --from_checkpoint names it."""
+    if not Path(path).is_file():
+        raise UserError(f"--from_checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"--from_checkpoint {path}: not a loadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "optimizer" not in state:
+        raise UserError(f"--from_checkpoint {path}: not a training checkpoint (use --from_pretrained for a model)")
+    print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
+    return state
+
+
+def _init_weights(model: GPT, path: Path) -> None:
+    pretrained, _ = load_model(path, torch.device("cpu"))
+    if pretrained.cfg != model.cfg:
+        raise UserError(f"--from_pretrained {path}: its architecture {pretrained.cfg.to_dict()} differs from "
+                        f"the flags' {model.cfg.to_dict()}")
+    model.load_state_dict(pretrained.state_dict())
+    print(f"initialised from {path}", file=sys.stderr)
+
+
 def load_latest(folder: Path) -> dict | None:
     """The newest checkpoint that loads; a damaged one is reported and skipped."""
     for path in checkpoint_paths(folder):
@@ -215,18 +239,29 @@ class MetricsLog:
 # --- the loop --------------------------------------------------------------------
 
 
-def train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig, device: str = "auto",
-          threads: int | None = None, stop_after: int | None = None) -> Path | None:
-    """Train (or resume) into `out_dir`; writes model.pt and metrics.csv when all steps are done.
+@dataclass(frozen=True)
+class Outputs:
+    model: Path  # the final model, written once all steps are done
+    checkpoints: Path  # checkpoints and the live metrics.csv
 
-    `stop_after` ends the process after that many steps in this call, as a
-    crash would (used to test resume); nothing final is written then.
+    @property
+    def metrics(self) -> Path:
+        return self.model.with_name("metrics.csv")
+
+
+def train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainConfig, device: str = "auto",
+          threads: int | None = None, stop_after: int | None = None, resume_from: Path | None = None,
+          init_from: Path | None = None) -> Path | None:
+    """Train, or resume from the newest checkpoint (or `resume_from`); write the final model and metrics.
+
+    `init_from` starts a new run from the weights of a model.pt. `stop_after`
+    ends the call after that many steps, as a crash would (tests use it).
     """
     if threads:
         torch.set_num_threads(threads)
     env = init_distributed(device)
     try:
-        return _train(Path(manifest), Path(out_dir), model_cfg, cfg, env, stop_after)
+        return _train(Path(manifest), outputs, model_cfg, cfg, env, stop_after, resume_from, init_from)
     finally:
         if env.world > 1:
             dist.destroy_process_group()
@@ -234,20 +269,24 @@ def train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig,
 
 def _accumulation(cfg: TrainConfig, seq_len: int, world: int) -> int:
     per_pass = cfg.micro_batch * seq_len * world
+    if cfg.batch_tokens == 0:
+        return 1
     if cfg.batch_tokens % per_pass:
         raise UserError(f"train.batch_tokens ({cfg.batch_tokens}) must be a multiple of micro_batch x seq_len x "
                         f"processes = {cfg.micro_batch} x {seq_len} x {world} = {per_pass}")
     return cfg.batch_tokens // per_pass
 
 
-def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig, env: Dist,
-           stop_after: int | None) -> Path | None:
+def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainConfig, env: Dist,
+           stop_after: int | None, resume_from: Path | None, init_from: Path | None) -> Path | None:
     accum = _accumulation(cfg, model_cfg.seq_len, env.world)
+    if cfg.batch_tokens == 0:
+        cfg = replace(cfg, batch_tokens=cfg.micro_batch * model_cfg.seq_len * env.world)
     train_stream, test_stream = TokenStream(manifest, "train"), TokenStream(manifest, "test")
     if train_stream.manifest["vocab_size"] != model_cfg.vocab_size:
         raise UserError(f"model vocab_size {model_cfg.vocab_size} != shards' {train_stream.manifest['vocab_size']}")
     batches = Batches(train_stream, model_cfg.seq_len, cfg.batch_tokens // model_cfg.seq_len, cfg.seed)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = outputs.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
@@ -261,7 +300,7 @@ def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig
                                   fused=cuda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
 
-    state = load_latest(ckpt_dir)
+    state = load_checkpoint(resume_from) if resume_from else load_latest(ckpt_dir)
     step = tokens = 0
     if state is not None:
         _check_same_run(state, model_cfg, cfg, ckpt_dir)
@@ -271,6 +310,8 @@ def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig
         step, tokens = state["step"], state["tokens"]
         restore_rng(state["rng"], env)
     else:
+        if init_from is not None:
+            _init_weights(model, init_from)
         torch.manual_seed(cfg.seed + env.rank)
     metrics = MetricsLog(ckpt_dir / "metrics.csv", step) if env.main else None
 
@@ -311,7 +352,7 @@ def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig
                    "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}",
                    "tokens_per_second": f"{len(window_loss) * cfg.batch_tokens / (now - window_start):.1f}"}
             if env.main and (step % cfg.eval_every == 0 or step == cfg.steps):
-                nll, count = stream_nll(model, test_stream, model_cfg.seq_len, cfg.micro_batch, env.device,
+                nll, count = stream_nll(model, test_stream, model_cfg.seq_len, cfg.batch_eval, env.device,
                                         limit=cfg.eval_tokens, bf16=bf16)
                 row["eval_loss"] = f"{nll / count:.6f}"
             if env.main:
@@ -325,7 +366,7 @@ def _train(manifest: Path, out_dir: Path, model_cfg: GPTConfig, cfg: TrainConfig
     bar.close()
     if not env.main:
         return None
-    return _finish(out_dir, ckpt_dir, model, step, tokens, model_cfg, cfg)
+    return _finish(outputs, model, step, tokens, model_cfg, cfg)
 
 
 def _checkpoint(folder, model, optimizer, scheduler, step, tokens, model_cfg, cfg, env) -> None:
@@ -339,10 +380,10 @@ def _checkpoint(folder, model, optimizer, scheduler, step, tokens, model_cfg, cf
         dist.barrier()
 
 
-def _finish(out_dir, ckpt_dir, model, step, tokens, model_cfg, cfg) -> Path:
-    with atomic_path(out_dir / "metrics.csv") as tmp:
-        tmp.write_bytes((ckpt_dir / "metrics.csv").read_bytes())
-    final = out_dir / "model.pt"
+def _finish(outputs: Outputs, model, step, tokens, model_cfg, cfg) -> Path:
+    with atomic_path(outputs.metrics) as tmp:
+        tmp.write_bytes((outputs.checkpoints / "metrics.csv").read_bytes())
+    final = outputs.model
     with atomic_path(final) as tmp:
         torch.save({"model": model.state_dict(), "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
                     "step": step, "tokens": tokens}, tmp)
