@@ -1,4 +1,4 @@
-# make setup | run | test | report | bench -- see README.md.
+# make setup | run | test | test-slurm | report -- see README.md.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SMK    := $(VENV)/bin/snakemake
@@ -7,7 +7,7 @@ CORES  ?= 8
 # e.g. `make setup TORCH="torch==2.13.0"` from the CUDA index of your choice.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test report bench clean
+.PHONY: setup run test test-slurm report clean
 
 setup: $(VENV)/.installed
 
@@ -33,3 +33,7 @@ report: setup
 
 clean:
 	rm -rf results resources .snakemake
+
+# The real-SLURM test alone (needs root and Debian's slurmctld slurmd slurm-client munge).
+test-slurm: setup
+	$(VENV)/bin/pytest -q -m slurm tests/test_slurm.py

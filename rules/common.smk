@@ -59,7 +59,7 @@ MODELS = config["models"]
 TRAIN_CFG = config["train"]
 # Keys of `train:` that go to `python -m gpt2 train` as they are; the rest
 # shape the model (arch_flags) or the job (launcher, threads, resources).
-TRAIN_ONLY = ("device", "threads", "gpus", "mem_mb", "runtime", "seq_len", "rate", "dropout")
+TRAIN_ONLY = ("device", "threads", "gpus", "nodes", "mem_mb", "runtime", "seq_len", "rate", "dropout")
 
 wildcard_constraints:
     model="|".join(sorted(MODELS)),
@@ -70,11 +70,10 @@ def train_device():
 
 
 def train_launcher():
-    """One process per GPU through torchrun when a job gets several, else plain python."""
-    gpus = TRAIN_CFG["gpus"]
-    if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node {gpus} -m gpt2"
-    return "python -m gpt2"
+    """python, or torchrun with one process per GPU (under srun across nodes)."""
+    from gpt2.train import launch_command
+
+    return launch_command(TRAIN_CFG["gpus"], TRAIN_CFG["nodes"])
 
 
 def arch_flags(wildcards):

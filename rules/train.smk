@@ -18,6 +18,7 @@ rule train:
     threads: TRAIN_CFG["threads"]
     resources:
         gpu=TRAIN_CFG["gpus"],
+        nodes=TRAIN_CFG["nodes"],
         mem_mb=TRAIN_CFG["mem_mb"],
         runtime=TRAIN_CFG["runtime"],
     log:

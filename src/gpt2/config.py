@@ -69,7 +69,7 @@ def _check_consistency(config: dict) -> None:
             raise UserError(f"config: report.models lists {name!r}, which is not under models: "
                             f"({', '.join(config['models'])})")
     t = config["train"]
-    per_pass = t["micro_batch"] * t["seq_len"] * max(1, t["gpus"])
+    per_pass = t["micro_batch"] * t["seq_len"] * max(1, t["gpus"]) * t["nodes"]
     if t["batch_tokens"] % per_pass:
         raise UserError(f"config: train.batch_tokens = {t['batch_tokens']} is not a multiple of "
-                        f"micro_batch x seq_len x max(1, gpus) = {per_pass}")
+                        f"micro_batch x seq_len x max(1, gpus) x nodes = {per_pass}")
