@@ -1,4 +1,4 @@
-# make setup | run | test | test-slurm | report -- see README.md.
+# make setup | run | test | test-slurm | report | bench -- see README.md.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SMK    := $(VENV)/bin/snakemake
@@ -7,7 +7,7 @@ CORES  ?= 8
 # e.g. `make setup TORCH="torch==2.13.0"` from the CUDA index of your choice.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test test-slurm report clean
+.PHONY: setup run test test-slurm report bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ test: setup
 report: setup
 	$(SMK) --cores $(CORES) report_all
 	$(SMK) --report results/report.html report_all
+
+# Throughput against named peers; tables on stdout, JSON in results/bench/ (docs/performance.md).
+bench: setup
+	$(SMK) --cores $(CORES) results/corpus/vocab.txt
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_shards.py
+	$(PY) benchmarks/bench_pipeline.py
 
 clean:
 	rm -rf results resources .snakemake

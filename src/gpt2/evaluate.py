@@ -71,9 +71,16 @@ def use_bf16(amp: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
+def half_dtype(device: torch.device) -> torch.dtype:
+    """bf16, or fp16 on GPUs without bf16 (before Ampere), where training then needs a GradScaler."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on `device` when enabled (the loss is always computed in fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """Mixed-precision autocast on `device` when enabled (the loss is always computed in fp32)."""
+    return torch.autocast(device.type, dtype=half_dtype(device), enabled=enabled)
 
 
 def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int, limit: int | None = None

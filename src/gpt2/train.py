@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gpt2 import UserError
-from gpt2.evaluate import autocast, load_model, stream_nll, use_bf16
+from gpt2.evaluate import autocast, half_dtype, load_model, stream_nll, use_bf16
 from gpt2.files import atomic_path
 from gpt2.model import GPT, GPTConfig
 from gpt2.shards import TokenStream
@@ -336,6 +336,10 @@ def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainCon
     if cfg.compile == "on" or (cfg.compile == "auto" and cuda):
         net = torch.compile(net)
     bf16 = use_bf16(cfg.amp, env.device)
+    # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through.
+    scaler = torch.amp.GradScaler(env.device.type, enabled=bf16 and half_dtype(env.device) == torch.float16)
+    if state is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
 
     first_step, window_loss, window_start = step, [], time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", mininterval=5, disable=not env.main)
@@ -348,15 +352,17 @@ def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainCon
             sync = micro == accum - 1 or env.world == 1
             with _maybe_no_sync(net, sync), autocast(env.device, bf16):
                 _, loss, _ = net(x, y)
-            (loss / accum).backward()
+            scaler.scale(loss / accum).backward()
             loss_sum += loss.detach() / accum
+        scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         train_loss = all_mean(loss_sum, env)
-        if not math.isfinite(train_loss) or not math.isfinite(grad_norm):
+        if not math.isfinite(train_loss) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
             raise UserError(f"non-finite loss ({train_loss}) at step {step + 1}; the last good checkpoint in "
                             f"{ckpt_dir} is kept -- lower train.lr or check the data")
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, tokens = step + 1, tokens + cfg.batch_tokens
@@ -377,7 +383,8 @@ def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainCon
                 bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
             window_loss, window_start = [], time.perf_counter()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _checkpoint(ckpt_dir, model, optimizer, scheduler, step, tokens, model_cfg, cfg, env)
+            parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+            _checkpoint(ckpt_dir, parts, step, tokens, model_cfg, cfg, env)
         if stop_after is not None and step - first_step >= stop_after and step < cfg.steps:
             return None
     bar.close()
@@ -386,11 +393,11 @@ def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainCon
     return _finish(outputs, model, step, tokens, model_cfg, cfg)
 
 
-def _checkpoint(folder, model, optimizer, scheduler, step, tokens, model_cfg, cfg, env) -> None:
+def _checkpoint(folder, parts: dict, step, tokens, model_cfg, cfg, env) -> None:
+    """Save the state_dict of each of `parts` (model, optimizer, scheduler, scaler) with step and RNG."""
     rng = rng_states(env)  # every rank takes part in the gather
     if env.main:
-        save_checkpoint(folder, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        save_checkpoint(folder, {name: part.state_dict() for name, part in parts.items()} | {
             "step": step, "tokens": tokens, "rng": rng, "model_config": model_cfg.to_dict(),
             "train_config": asdict(cfg)}, cfg.keep_checkpoints)
     if env.world > 1:

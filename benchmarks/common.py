@@ -1,0 +1,95 @@
+"""Shared by the benchmarks: alternating timed runs, medians, the matmul peak, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+OUT = ROOT / "results" / "bench"
+
+
+def alternate(runs: dict[str, Callable[[], int]], repeats: int = 5, warmup: int = 1) -> dict[str, dict]:
+    """Time each callable `repeats` times, interleaved so machine noise hits all alike.
+
+    A callable returns how many tokens it processed; the result holds, per name,
+    the median and min-max of tokens/s over the timed runs.
+    """
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            tokens = fn()
+            rates[name].append(tokens / (time.perf_counter() - start))
+    return {name: {"median": statistics.median(r), "min": min(r), "max": max(r), "runs": r}
+            for name, r in rates.items()}
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a square matmul on this machine (median of `repeats`)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    return "\n".join([line, "  ".join("-" * w for w in widths)] +
+                     ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells])
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def write(name: str, result: dict) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **result}, indent=2) + "\n")
+    return path
+
+
+def model_pair(layers: int, heads: int, dims: int, vocab: int = 8000, seq_len: int = 128):
+    """This project's GPT and transformers' GPT2LMHeadModel (sdpa) with identical dims, no dropout."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt2.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(vocab_size=vocab, seq_len=seq_len, layers=layers, heads=heads, dims=dims))
+    config = GPT2Config(vocab_size=vocab, n_positions=seq_len, n_embd=dims, n_layer=layers, n_head=heads,
+                        n_inner=4 * dims, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    hf = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+    return ours, hf
+
+
+def flops_per_token(layers: int, dims: int, seq_len: int, params: int) -> float:
+    """nanoGPT's estimate for a training step: 6N + 12 L D T (forward + backward)."""
+    return 6 * params + 12 * layers * dims * seq_len
