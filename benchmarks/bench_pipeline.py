@@ -16,8 +16,8 @@ import pandas as pd
 from common import ROOT, table, write
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-TINY = ["--config", "train={steps: 100, batch_tokens: 4096, micro_batch: 32, lr: 0.003, eval_every: 50, "
-        "checkpoint_every: 50, log_every: 10}"]
+TINY = ("train: {steps: 100, batch_tokens: 4096, micro_batch: 32, lr: 0.003, eval_every: 50, checkpoint_every: 50,"
+        " log_every: 10}\n")
 
 
 def snakemake(workdir: Path, *args: str) -> float:
@@ -40,11 +40,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.parse_args()
     work = Path(tempfile.mkdtemp())
-    total = snakemake(work, "results/eval_tiny.json", *TINY)
+    (work / "tiny.yaml").write_text(TINY)
+    config = ("--configfile", str(work / "tiny.yaml"))
+    total = snakemake(work, "results/eval_tiny.json", *config)
     rows = stage_times(work, "sample, tiny")
     if (ROOT / "results/eval_small.json").exists():
         rows += stage_times(ROOT, "make run (small)")
-    noop = [snakemake(work, "-n", "results/eval_tiny.json", *TINY) for _ in range(5)]
+    noop = [snakemake(work, "-n", "results/eval_tiny.json", *config) for _ in range(5)]
     print(table(rows, ["run", "stage", "wall s", "max RSS MB"]))
     print(f"whole sample run (tiny): {total:.1f} s; no-op `snakemake -n`: median {statistics.median(noop):.2f} s "
           f"(min {min(noop):.2f}, max {max(noop):.2f})")

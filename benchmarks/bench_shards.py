@@ -5,6 +5,8 @@ the same ids; needs the corpus of `snakemake results/corpus/vocab.txt`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,7 +32,8 @@ def main() -> None:
     tokens = {}
 
     def ours() -> int:
-        manifest = make_shards(vocab, train, test, out / "ours", shard_tokens=10_000_000)
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):  # its progress bars
+            manifest = make_shards(vocab, train, test, out / "ours", shard_tokens=10_000_000)
         tokens["ours"] = np.concatenate(TokenStream(out / "ours/manifest.json", "train").parts)
         return manifest["splits"]["train"]["tokens"] + manifest["splits"]["test"]["tokens"]
 

@@ -71,7 +71,7 @@ def train_device():
 
 def train_launcher():
     """python, or torchrun with one process per GPU (under srun across nodes)."""
-    from gpt2.train import launch_command
+    from gpt2.launch import launch_command
 
     return launch_command(TRAIN_CFG["gpus"], TRAIN_CFG["nodes"])
 

@@ -113,3 +113,7 @@ def stop(root: Path, env: dict) -> None:
                 os.kill(int(path.read_text()), 15)
             except (ProcessLookupError, ValueError):
                 pass
+    # Without a controller, clients that find this config wait for timeouts (the SLURM executor
+    # plugin asks scontrol at import): leave no config behind.
+    if SYSTEM_CONF.exists() and SYSTEM_CONF.read_text().startswith(MARKER):
+        SYSTEM_CONF.unlink()

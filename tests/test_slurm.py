@@ -11,7 +11,7 @@ import pytest
 
 import slurm_cluster
 from conftest import ROOT, TINY_CONFIG, snakemake
-from gpt2.train import launch_command
+from gpt2.launch import launch_command
 
 SLURM_CONFIG = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10}}
 PROFILE = ("--profile", str(ROOT / "profiles/slurm"), "--workflow-profile", str(ROOT / "tests/slurm_profile"))
