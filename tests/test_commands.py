@@ -99,6 +99,7 @@ def test_from_checkpoint_and_from_pretrained(text_run, corpus, tmp_path):
     (["visualize", "--model_path", "{vocab}"], "error: no metrics.csv beside"),
     (["export", "--model_path", "{model}", "--vocab_path", "/nope", "--out", "x"], "/nope: no such file"),
 ])
+@pytest.mark.reliability
 def test_bad_flags_are_one_clear_error(corpus, args, message):
     if "--gpus" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -88,6 +88,7 @@ def test_shuffle_is_seeded(sample_run, tmp_path):
     assert (out / "corpus.raw.txt").read_bytes() == (sample_run / "results/corpus/corpus.raw.txt").read_bytes()
 
 
+@pytest.mark.reliability
 def test_a_patch_that_does_not_apply_names_patch_and_file(tmp_path):
     patches = tmp_path / "patches"
     patches.mkdir()
@@ -105,6 +106,7 @@ def _expanda_on(dump: Path, expanda_dir: Path, workspace: Path) -> None:
     _run_expanda(workspace, expanda_dir)
 
 
+@pytest.mark.reliability
 def test_dead_worker_fails_with_its_real_error(tmp_path):
     """Bypassing our dump check, an unsupported language kills a worker inside expanda."""
     dump = write_dump(tmp_path / "fr.xml.bz2", [(0, "Paris", "Paris est la capitale de la France. " * 3)], "fr")
@@ -153,6 +155,7 @@ def _broken(kind: str, tmp_path: Path, sample: Path) -> dict:
     ("no-articles", "bad.xml.bz2: no main-namespace articles among 1 pages"),
     ("language", "bad.xml.bz2: language 'fr' is not supported by expanda"),
 ])
+@pytest.mark.reliability
 def test_bad_dump_fails_the_workflow_cleanly(tmp_path, sample_dump, kind, message):
     proc = snakemake(tmp_path, "results/corpus/vocab.txt", config=_broken(kind, tmp_path, sample_dump))
     assert proc.returncode != 0
@@ -169,6 +172,7 @@ def test_bad_dump_fails_the_workflow_cleanly(tmp_path, sample_dump, kind, messag
     ({"dump": {"source": "ftp"}}, "config: dump.source = 'ftp' must be one of sample, url, path"),
     ({"corpus": {"threads": "two"}}, "config: corpus.threads = 'two' has the wrong type (expected integer)"),
 ])
+@pytest.mark.reliability
 def test_bad_config_is_one_line_naming_the_key(tmp_path, config, message):
     proc = snakemake(tmp_path, "results/corpus/vocab.txt", config=config)
     assert proc.returncode != 0

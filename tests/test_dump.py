@@ -103,6 +103,7 @@ def test_full_download_is_verified_against_published_sha1sums(server, tmp_path, 
     assert not partial_path(out).exists()
 
 
+@pytest.mark.reliability
 def test_cut_connection_resumes_with_only_the_rest(server, tmp_path, sample_dump):
     size = sample_dump.stat().st_size
     server.cut_at, server.cuts_left = size // 2, 1
@@ -116,6 +117,7 @@ def test_cut_connection_resumes_with_only_the_rest(server, tmp_path, sample_dump
     assert f"resuming d.xml.bz2.part at byte {size // 2:,}" in proc.stderr
 
 
+@pytest.mark.reliability
 def test_resume_across_runs_after_giving_up(server, tmp_path, sample_dump):
     size = sample_dump.stat().st_size
     server.cut_at, server.cuts_left = 1000, 1
@@ -128,6 +130,7 @@ def test_resume_across_runs_after_giving_up(server, tmp_path, sample_dump):
     assert server.log[-1] == {"range": "bytes=1000-", "sent": size - 1000}
 
 
+@pytest.mark.reliability
 def test_wrong_checksum_leaves_nothing_that_looks_done(server, tmp_path):
     out = tmp_path / "d.xml.bz2"
     proc = _fetch_url(server, out, "--sha1", "f" * 40)
@@ -138,6 +141,7 @@ def test_wrong_checksum_leaves_nothing_that_looks_done(server, tmp_path):
     assert partial_path(out).with_suffix(".rejected").exists()
 
 
+@pytest.mark.reliability
 def test_missing_published_sums_asks_for_a_checksum(server, tmp_path):
     del server.files["/enwiki/20240801/enwiki-20240801-sha1sums.txt"]
     proc = _fetch_url(server, tmp_path / "d.xml.bz2")
@@ -165,9 +169,33 @@ def test_local_path_is_linked_and_left_untouched(tmp_path, sample_dump):
     (lambda p: write_dump(p, [(0, "Paris", "Paris est la capitale de la France.")], lang="fr"),
      "language 'fr' is not supported"),
 ])
+@pytest.mark.reliability
 def test_bad_dumps_are_one_clear_error(tmp_path, sample_dump, make, message):
     (tmp_path / "good").write_bytes(sample_dump.read_bytes())
     bad = tmp_path / "bad.xml.bz2"
     make(bad)
     with pytest.raises(UserError, match=message):
         inspect_dump(bad)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("cut", [1, 4096, 0.37, 0.5, -1])
+def test_download_cut_at_any_offset_resumes_to_the_right_file(server, tmp_path, sample_dump, cut):
+    data = sample_dump.read_bytes()
+    offset = cut if isinstance(cut, int) and cut > 0 else len(data) - 1 if cut == -1 else int(len(data) * cut)
+    server.cut_at, server.cuts_left = offset, 1
+    out = tmp_path / "d.xml.bz2"
+    proc = _fetch_url(server, out, "--retries", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == data and server.log[1]["range"] == f"bytes={offset}-"
+
+
+@pytest.mark.reliability
+def test_a_server_sending_wrong_bytes_is_caught(server, tmp_path, sample_dump):
+    path = f"/enwiki/20240801/{DUMP_FILE}"
+    good = server.files[path]
+    server.files[path] = good[:1000] + bytes(b ^ 0xFF for b in good[1000:1010]) + good[1010:]
+    out = tmp_path / "d.xml.bz2"
+    proc = _fetch_url(server, out)  # the published sha1sums are those of the good file
+    assert proc.returncode == 2 and "sha1 mismatch" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists() and not partial_path(out).exists()

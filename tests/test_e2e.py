@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from conftest import TINY_CONFIG, snakemake
@@ -20,6 +22,7 @@ def test_end_to_end_outputs_and_caching(tiny_run):
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
 
 
+@pytest.mark.reliability
 def test_unknown_model_name_is_refused(tmp_path):
     proc = snakemake(tmp_path, "results/eval_huge.json", extra=("-n",))
     assert proc.returncode != 0

@@ -62,6 +62,7 @@ class Boom:
         return (print, ("code ran",))
 
 
+@pytest.mark.reliability
 def test_checkpoints_that_are_not_weights_are_refused(tmp_path):
     with open(tmp_path / "evil.pt", "wb") as fh:
         pickle.dump({"model": Boom(), "model_config": {}}, fh)

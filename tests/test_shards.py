@@ -70,6 +70,7 @@ def test_windows_cross_shard_boundaries(tmp_path):
         assert np.array_equal(stream.window(start, 20), whole[start: start + 20])
 
 
+@pytest.mark.reliability
 def test_unknown_tokens_map_to_unk_and_are_counted(tmp_path):
     vocab, tr, te = _corpus(tmp_path, ["the dog sat on the sofa .", "<unk> cat ."], ["the mat ."])
     manifest = make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=100)
@@ -83,6 +84,7 @@ def test_unknown_tokens_map_to_unk_and_are_counted(tmp_path):
     (VOCAB[1:], "must start with <unk> <s> </s> <pad>"),
     (VOCAB[:4] + [f"t{i}" for i in range(70000)], "do not fit uint16 shards"),
 ])
+@pytest.mark.reliability
 def test_bad_vocab_is_refused(tmp_path, vocab, message):
     path = tmp_path / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
@@ -90,6 +92,7 @@ def test_bad_vocab_is_refused(tmp_path, vocab, message):
         load_vocab(path)
 
 
+@pytest.mark.reliability
 def test_empty_corpus_leaves_no_output(tmp_path):
     vocab, tr, te = _corpus(tmp_path, [], ["the mat ."])
     with pytest.raises(UserError, match="empty corpus"):

@@ -87,6 +87,7 @@ def test_training_beats_the_unigram_baseline(tiny_run):
     assert "train: 100%" in log  # tqdm progress in the log
 
 
+@pytest.mark.reliability
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
     manifest = tiny_run / "results/shards/manifest.json"
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -109,6 +110,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.reliability
 def test_resume_refuses_checkpoints_of_another_run(tiny_run, tmp_path):
     manifest = tiny_run / "results/shards/manifest.json"
     subprocess.run(_train_cmd(manifest, tmp_path, "--stop_after", "4"), check=True, env=_env(),

@@ -41,6 +41,7 @@ def test_partial_config_gets_defaults():
     ({"train": {"steps": 0}}, "train.steps = 0 is out of range"),
     ({"train": {"amp": "maybe"}}, "train.amp = 'maybe' must be one of"),
 ])
+@pytest.mark.reliability
 def test_bad_values_name_the_key(config, key):
     with pytest.raises(UserError, match=re.escape(key)):
         check_config(config, SCHEMA)

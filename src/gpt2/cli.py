@@ -7,11 +7,12 @@ single `error: ...` line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from gpt2 import UserError
-from gpt2.commands import add_model_commands, boolean
+from gpt2.commands import add_model_commands, boolean, existing
 
 
 def _fetch_dump(args: argparse.Namespace) -> None:
@@ -75,7 +76,7 @@ def _screenshot(args: argparse.Namespace) -> None:
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot-training", help="loss (four views), learning-rate and throughput figures")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics.csv written by train")
+    p.add_argument("--metrics", type=existing, required=True, help="metrics.csv written by train")
     p.add_argument("--loss", type=Path, required=True, help="output figure: loss in four views")
     p.add_argument("--lr", type=Path, required=True, help="output figure: learning rate")
     p.add_argument("--speed", type=Path, required=True, help="output figure: tokens per second")
@@ -83,8 +84,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_plot_training)
 
     p = sub.add_parser("samples", help="seeded completions of fixed prompts")
-    p.add_argument("--model_path", type=Path, required=True)
-    p.add_argument("--vocab_path", type=Path, required=True)
+    p.add_argument("--model_path", type=existing, required=True)
+    p.add_argument("--vocab_path", type=existing, required=True)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     p.add_argument("--max_tokens", type=int, default=40)
@@ -93,14 +94,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("table", help="a CSV + HTML table for the report")
     p.add_argument("kind", choices=["evaluation", "corpus", "runtime"])
-    p.add_argument("--inputs", type=Path, nargs="+", required=True,
+    p.add_argument("--inputs", type=existing, nargs="+", required=True,
                    help="evaluation: eval JSONs; corpus: manifest.json and the dump's .json; runtime: benchmark TSVs")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--html", type=Path, required=True)
     p.set_defaults(func=_table)
 
     p = sub.add_parser("screenshot", help="PNG of the HTML report with the loss curves open (needs chromium)")
-    p.add_argument("--report", type=Path, default=Path("results/report.html"))
+    p.add_argument("--report", type=existing, default=Path("results/report.html"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary Playwright drives")
     p.set_defaults(func=_screenshot)
@@ -124,12 +125,12 @@ def _add_dump(sub: argparse._SubParsersAction) -> None:
 def _add_corpus(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patch-expanda", help="copy the installed expanda and apply patches/")
     p.add_argument("--out", type=Path, required=True, help="folder for the patched copy")
-    p.add_argument("--patches", type=Path, default=Path("patches"), help="folder of *.patch files")
+    p.add_argument("--patches", type=existing, default=Path("patches"), help="folder of *.patch files")
     p.set_defaults(func=_patch_expanda)
 
     p = sub.add_parser("build-corpus", help="run the patched expanda on a dump")
-    p.add_argument("--dump", type=Path, required=True, help="the .xml.bz2 dump")
-    p.add_argument("--expanda", type=Path, required=True, help="the patched expanda folder")
+    p.add_argument("--dump", type=existing, required=True, help="the .xml.bz2 dump")
+    p.add_argument("--expanda", type=existing, required=True, help="the patched expanda folder")
     p.add_argument("--out", type=Path, required=True, help="folder for vocab.txt and corpus.*.txt")
     p.add_argument("--threads", type=int, default=1, help="expanda worker processes")
     p.add_argument("--vocab_size", type=int, default=8000)
@@ -143,9 +144,9 @@ def _add_corpus(sub: argparse._SubParsersAction) -> None:
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-shards", help="token lines -> uint16 shards + manifest.json")
-    p.add_argument("--vocab_path", type=Path, required=True, help="expanda's vocab.txt")
-    p.add_argument("--train_corpus", type=Path, required=True, help="expanda's corpus.train.txt")
-    p.add_argument("--test_corpus", type=Path, required=True, help="expanda's corpus.test.txt")
+    p.add_argument("--vocab_path", type=existing, required=True, help="expanda's vocab.txt")
+    p.add_argument("--train_corpus", type=existing, required=True, help="expanda's corpus.train.txt")
+    p.add_argument("--test_corpus", type=existing, required=True, help="expanda's corpus.test.txt")
     p.add_argument("--out", type=Path, required=True, help="folder for train/, test/ and manifest.json")
     p.add_argument("--shard_tokens", type=int, default=10_000_000, help="token ids per .bin shard")
     p.set_defaults(func=_make_shards)
@@ -159,11 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in FULL_DISK:
+            raise
+        # Writers go through temp files, so nothing truncated is left under the real name.
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left{where} ({exc.strerror}); free space and run again", file=sys.stderr)
         return 2
     return 0

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from gpt2 import UserError
 from gpt2.files import atomic_path
 from gpt2.model import GPT, GPTConfig
-from gpt2.shards import TokenStream
+from gpt2.shards import TokenStream, check_vocab
 
 
 def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
@@ -146,6 +146,7 @@ def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batc
     bf16 = use_bf16(amp, dev)
     cfg = model.cfg
     check_architecture(cfg, expect or {}, model_path)
+    check_vocab(manifest)
     train, test = TokenStream(manifest, "train"), TokenStream(manifest, "test")
     if test.manifest["vocab_size"] != cfg.vocab_size:
         raise UserError(f"{model_path}: model vocabulary {cfg.vocab_size} != shards' {test.manifest['vocab_size']}")

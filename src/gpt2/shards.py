@@ -57,7 +57,7 @@ class ShardWriter:
             if self.fh is None or self.in_shard == self.shard_tokens:
                 self._next_shard()
             take = ids[: self.shard_tokens - self.in_shard]
-            take.tofile(self.fh)
+            self.fh.write(take.data)  # a short write raises OSError with its errno (tofile hides it)
             self.in_shard += len(take)
             self.shards[-1]["tokens"] += len(take)
             ids = ids[len(take):]
@@ -129,7 +129,7 @@ def make_shards(vocab_path: Path, train: Path, test: Path, out_dir: Path, shard_
         manifest = {
             "format": "raw little-endian uint16 token ids; every corpus line followed by </s>, packed",
             "dtype": DTYPE.str,
-            "vocab": str(vocab_path),
+            "vocab": os.path.relpath(vocab_path, out_dir),  # relative to this manifest's folder
             "vocab_size": len(vocab),
             "vocab_sha256": file_digest(vocab_path),
             "special_ids": {token: vocab[token] for token in SPECIALS},
@@ -154,15 +154,21 @@ def make_shards(vocab_path: Path, train: Path, test: Path, out_dir: Path, shard_
     return manifest
 
 
+def check_vocab(manifest_path: str | os.PathLike) -> None:
+    """The vocab.txt the manifest names must still be the one the shards were made with."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    vocab = Path(manifest_path).parent / manifest["vocab"]
+    if vocab.is_file() and file_digest(vocab) != manifest["vocab_sha256"]:
+        raise UserError(f"{manifest_path}: its shards were made with another {vocab} (sha256 differs); "
+                        "re-run make_shards (snakemake does when vocab.txt changes)")
+
+
 class TokenStream:
     """A split's shards as one read-only sequence of ids, memory-mapped (no copies within a shard)."""
 
-    def __init__(self, manifest_path: str | os.PathLike, split: str, verify_vocab: str | None = None):
+    def __init__(self, manifest_path: str | os.PathLike, split: str):
         manifest_path = Path(manifest_path)
         self.manifest = json.loads(manifest_path.read_text())
-        if verify_vocab is not None and file_digest(verify_vocab) != self.manifest["vocab_sha256"]:
-            raise UserError(f"{manifest_path}: shards were made with another vocabulary than {verify_vocab}; "
-                            "re-run make_shards")
         shards = self.manifest["splits"][split]["shards"]
         self.parts = [np.memmap(manifest_path.parent / s["file"], dtype=DTYPE, mode="r") for s in shards]
         self.starts = np.cumsum([0] + [len(p) for p in self.parts])

@@ -29,7 +29,7 @@ from gpt2 import UserError
 from gpt2.evaluate import autocast, half_dtype, load_model, stream_nll, use_bf16
 from gpt2.files import atomic_path
 from gpt2.model import GPT, GPTConfig
-from gpt2.shards import TokenStream
+from gpt2.shards import TokenStream, check_vocab
 
 METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm"]
 
@@ -186,10 +186,19 @@ def load_latest(folder: Path) -> dict | None:
     return None
 
 
+def save_state(state: dict, path: Path) -> None:
+    """torch.save through a temp file; a failed write (full disk) leaves `path` as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as exc:  # torch's zip writer reports write errors as RuntimeError
+        raise UserError(f"could not write {path} ({str(exc).splitlines()[0][:80]}); is the disk full? "
+                        "Earlier checkpoints are kept") from None
+
+
 def save_checkpoint(folder: Path, state: dict, keep: int) -> Path:
     path = folder / f"step_{state['step']:07d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_state(state, path)
     for old in checkpoint_paths(folder)[keep:]:
         old.unlink()
     return path
@@ -282,6 +291,7 @@ def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainCon
     accum = _accumulation(cfg, model_cfg.seq_len, env.world)
     if cfg.batch_tokens == 0:
         cfg = replace(cfg, batch_tokens=cfg.micro_batch * model_cfg.seq_len * env.world)
+    check_vocab(manifest)
     train_stream, test_stream = TokenStream(manifest, "train"), TokenStream(manifest, "test")
     if train_stream.manifest["vocab_size"] != model_cfg.vocab_size:
         raise UserError(f"model vocab_size {model_cfg.vocab_size} != shards' {train_stream.manifest['vocab_size']}")
@@ -326,51 +336,53 @@ def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainCon
 
     first_step, window_loss, window_start = step, [], time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", mininterval=5, disable=not env.main)
-    while step < cfg.steps:
-        seqs = batches.indices(step)
-        loss_sum = torch.zeros((), device=env.device)
-        for micro in range(accum):
-            lo = (micro * env.world + env.rank) * cfg.micro_batch
-            x, y = batches.tensor(seqs[lo: lo + cfg.micro_batch], env.device)
-            sync = micro == accum - 1 or env.world == 1
-            with _maybe_no_sync(net, sync), autocast(env.device, bf16):
-                _, loss, _ = net(x, y)
-            scaler.scale(loss / accum).backward()
-            loss_sum += loss.detach() / accum
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        train_loss = all_mean(loss_sum, env)
-        if not math.isfinite(train_loss) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
-            raise UserError(f"non-finite loss ({train_loss}) at step {step + 1}; the last good checkpoint in "
-                            f"{ckpt_dir} is kept -- lower train.lr or check the data")
-        lr = scheduler.get_last_lr()[0]
-        scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step, tokens = step + 1, tokens + cfg.batch_tokens
-        window_loss.append(train_loss)
-        bar.update(1)
+    try:
+        while step < cfg.steps:
+            seqs = batches.indices(step)
+            loss_sum = torch.zeros((), device=env.device)
+            for micro in range(accum):
+                lo = (micro * env.world + env.rank) * cfg.micro_batch
+                x, y = batches.tensor(seqs[lo: lo + cfg.micro_batch], env.device)
+                sync = micro == accum - 1 or env.world == 1
+                with _maybe_no_sync(net, sync), autocast(env.device, bf16):
+                    _, loss, _ = net(x, y)
+                scaler.scale(loss / accum).backward()
+                loss_sum += loss.detach() / accum
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            train_loss = all_mean(loss_sum, env)
+            if not math.isfinite(train_loss) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
+                raise UserError(f"non-finite loss ({train_loss}) at step {step + 1}; the last good checkpoint in "
+                                f"{ckpt_dir} is kept -- lower train.lr or check the data")
+            lr = scheduler.get_last_lr()[0]
+            scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, tokens = step + 1, tokens + cfg.batch_tokens
+            window_loss.append(train_loss)
+            bar.update(1)
 
-        if step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
-            now = time.perf_counter()
-            row = {"step": step, "tokens": tokens, "train_loss": f"{sum(window_loss) / len(window_loss):.6f}",
-                   "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}",
-                   "tokens_per_second": f"{len(window_loss) * cfg.batch_tokens / (now - window_start):.1f}"}
-            if env.main and (step % cfg.eval_every == 0 or step == cfg.steps):
-                nll, count = stream_nll(model, test_stream, model_cfg.seq_len, cfg.batch_eval, env.device,
-                                        limit=cfg.eval_tokens, bf16=bf16)
-                row["eval_loss"] = f"{nll / count:.6f}"
-            if env.main:
-                metrics.append(row)
-                bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
-            window_loss, window_start = [], time.perf_counter()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-            _checkpoint(ckpt_dir, parts, step, tokens, model_cfg, cfg, env)
-        if stop_after is not None and step - first_step >= stop_after and step < cfg.steps:
-            return None
-    bar.close()
+            if step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                row = {"step": step, "tokens": tokens, "train_loss": f"{sum(window_loss) / len(window_loss):.6f}",
+                       "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}",
+                       "tokens_per_second": f"{len(window_loss) * cfg.batch_tokens / (now - window_start):.1f}"}
+                if env.main and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    nll, count = stream_nll(model, test_stream, model_cfg.seq_len, cfg.batch_eval, env.device,
+                                            limit=cfg.eval_tokens, bf16=bf16)
+                    row["eval_loss"] = f"{nll / count:.6f}"
+                if env.main:
+                    metrics.append(row)
+                    bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
+                window_loss, window_start = [], time.perf_counter()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+                _checkpoint(ckpt_dir, parts, step, tokens, model_cfg, cfg, env)
+            if stop_after is not None and step - first_step >= stop_after and step < cfg.steps:
+                return None
+    finally:
+        bar.close()  # before any error line, so the error is the last line of the log
     if not env.main:
         return None
     return _finish(outputs, model, step, tokens, model_cfg, cfg)
@@ -391,9 +403,8 @@ def _finish(outputs: Outputs, model, step, tokens, model_cfg, cfg) -> Path:
     with atomic_path(outputs.metrics) as tmp:
         tmp.write_bytes((outputs.checkpoints / "metrics.csv").read_bytes())
     final = outputs.model
-    with atomic_path(final) as tmp:
-        torch.save({"model": model.state_dict(), "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
-                    "step": step, "tokens": tokens}, tmp)
+    save_state({"model": model.state_dict(), "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
+                "step": step, "tokens": tokens}, final)
     print(f"wrote {final} after {step} steps, {tokens:,} tokens", file=sys.stderr)
     return final
 
