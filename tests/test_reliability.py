@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_CONFIG, gpt2, snakemake
+from conftest import gpt2
 from test_train import _env, _losses, _train_cmd
 
 pytestmark = pytest.mark.reliability

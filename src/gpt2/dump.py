@@ -10,7 +10,6 @@ later stages read instead of parsing the dump again.
 from __future__ import annotations
 
 import bz2
-import hashlib
 import importlib.resources
 import json
 import os
