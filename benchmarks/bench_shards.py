@@ -14,6 +14,7 @@ import numpy as np
 from common import ROOT, alternate, table, write
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from gpt2.params import ShardsParams
 from gpt2.shards import TokenStream, make_shards
 
 
@@ -33,7 +34,7 @@ def main() -> None:
 
     def ours() -> int:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):  # its progress bars
-            manifest = make_shards(vocab, train, test, out / "ours", shard_tokens=10_000_000)
+            manifest = make_shards(vocab, train, test, out / "ours", ShardsParams())
         tokens["ours"] = np.concatenate(TokenStream(out / "ours/manifest.json", "train").parts)
         return manifest["splits"]["train"]["tokens"] + manifest["splits"]["test"]["tokens"]
 

@@ -6,8 +6,6 @@ rule patch_expanda:
         patches=sorted(glob.glob(os.path.join(workflow.basedir, "patches", "*.patch"))),
     output:
         directory("results/expanda"),
-    params:
-        patches=os.path.join(workflow.basedir, "patches"),
     log:
         "results/logs/patch_expanda.log",
     benchmark:
@@ -15,7 +13,7 @@ rule patch_expanda:
     conda:
         "../envs/corpus.yaml"
     shell:
-        "python -m gpt2 patch-expanda --out {output} --patches {params.patches} 2> {log}"
+        "python -m gpt2 patch-expanda --out {output} --patches {input.patches} 2> {log}"
 
 
 rule build_corpus:
@@ -28,15 +26,15 @@ rule build_corpus:
         raw="results/corpus/corpus.raw.txt",
         train="results/corpus/corpus.train.txt",
         test="results/corpus/corpus.test.txt",
-    params:
-        flags=corpus_flags(),
-    threads: config["corpus"]["threads"]
     log:
         "results/logs/build_corpus.log",
     benchmark:
         "results/benchmarks/build_corpus.tsv"
     conda:
         "../envs/corpus.yaml"
+    threads: config["corpus"]["threads"]
+    params:
+        flags=cli_flags(CorpusParams, config["corpus"], skip=("threads",)),
     shell:
         "python -m gpt2 build-corpus --dump {input.dump} --expanda {input.expanda}"
         " --out results/corpus --threads {threads} {params.flags} 2> {log}"

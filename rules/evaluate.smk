@@ -9,24 +9,23 @@ rule evaluate:
         test="results/shards/test",
     output:
         "results/eval_{model}.json",
-    params:
-        batch=config["evaluate"]["batch_size"],
-        device="--use_gpu" if TRAIN_CFG["gpus"] > 0 else "",
-        amp=TRAIN_CFG["amp"],
-    threads: TRAIN_CFG["threads"]
-    resources:
-        gpu=min(1, TRAIN_CFG["gpus"]),
-        mem_mb=TRAIN_CFG["mem_mb"],
     log:
         "results/logs/evaluate/{model}.log",
     benchmark:
         "results/benchmarks/evaluate/{model}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: TRAIN["threads"]
+    resources:
+        gpu=min(1, TRAIN["gpus"]),
+        mem_mb=TRAIN["mem_mb"],
+    params:
+        flags=cli_flags(EvaluateParams, config["evaluate"]),
+        hardware=eval_hardware_flags(),
     shell:
-        "python -m gpt2 evaluate --model_path {input.model} --eval_corpus {input.manifest} --output {output}"
-        " --name {wildcards.model} --batch_eval {params.batch} {params.device} --amp {params.amp}"
-        " --threads {threads} > /dev/null 2> {log}"
+        "python -m gpt2 evaluate --model_path {input.model} --shards {input.manifest} --output {output}"
+        " --name {wildcards.model} {params.flags} {params.hardware} --threads {threads}"
+        " > /dev/null 2> {log}"
 
 
 rule export_hf:

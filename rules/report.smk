@@ -1,19 +1,31 @@
 # Stage 6: figures and tables for `snakemake --report` (make report builds them first).
 
-REPORT_MODELS = config["report"]["models"]
-
 
 rule plot_training:
     input:
         "results/train/{model}/metrics.csv",
     output:
-        loss=report("results/plots/{model}/loss.png", caption="../report/loss.rst", category="Training curves",
-                    subcategory="{model}", labels={"model": "{model}", "figure": "loss (four views)"}),
-        lr=report("results/plots/{model}/lr.png", caption="../report/lr.rst", category="Training curves",
-                  subcategory="{model}", labels={"model": "{model}", "figure": "learning rate"}),
-        speed=report("results/plots/{model}/throughput.png", caption="../report/throughput.rst",
-                     category="Training curves", subcategory="{model}",
-                     labels={"model": "{model}", "figure": "throughput"}),
+        loss=report(
+            "results/plots/{model}/loss.png",
+            caption="../report/loss.rst",
+            category="Training curves",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "loss (four views)"},
+        ),
+        lr=report(
+            "results/plots/{model}/lr.png",
+            caption="../report/lr.rst",
+            category="Training curves",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "learning rate"},
+        ),
+        speed=report(
+            "results/plots/{model}/throughput.png",
+            caption="../report/throughput.rst",
+            category="Training curves",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "throughput"},
+        ),
     log:
         "results/logs/plot_training/{model}.log",
     conda:
@@ -28,31 +40,41 @@ rule samples:
         model="results/train/{model}/model.pt",
         vocab="results/corpus/vocab.txt",
     output:
-        report("results/samples/{model}.txt", caption="../report/samples.rst", category="Samples",
-               labels={"model": "{model}"}),
-    params:
-        prompts=sample_prompt_flags(),
-        max_tokens=config["report"]["sample_tokens"],
-        seed=config["report"]["seed"],
+        report(
+            "results/samples/{model}.txt",
+            caption="../report/samples.rst",
+            category="Samples",
+            labels={"model": "{model}"},
+        ),
     log:
         "results/logs/samples/{model}.log",
     benchmark:
         "results/benchmarks/samples/{model}.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        flags=cli_flags(ReportParams, config["report"]),
     shell:
         "python -m gpt2 samples --model_path {input.model} --vocab_path {input.vocab} --output {output}"
-        " --max_tokens {params.max_tokens} --seed {params.seed} {params.prompts} 2> {log}"
+        " {params.flags} 2> {log}"
 
 
 rule evaluation_table:
     input:
         expand("results/eval_{model}.json", model=REPORT_MODELS),
     output:
-        csv=report("results/tables/evaluation.csv", caption="../report/evaluation.rst", category="Evaluation",
-                   labels={"table": "evaluation", "format": "csv"}),
-        html=report("results/tables/evaluation.html", caption="../report/evaluation.rst", category="Evaluation",
-                    labels={"table": "evaluation", "format": "html"}),
+        csv=report(
+            "results/tables/evaluation.csv",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            labels={"table": "evaluation", "format": "csv"},
+        ),
+        html=report(
+            "results/tables/evaluation.html",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            labels={"table": "evaluation", "format": "html"},
+        ),
     log:
         "results/logs/evaluation_table.log",
     conda:
@@ -66,10 +88,18 @@ rule corpus_table:
         manifest="results/shards/manifest.json",
         info=DUMP_INFO,
     output:
-        csv=report("results/tables/corpus.csv", caption="../report/corpus.rst", category="Corpus",
-                   labels={"table": "corpus", "format": "csv"}),
-        html=report("results/tables/corpus.html", caption="../report/corpus.rst", category="Corpus",
-                    labels={"table": "corpus", "format": "html"}),
+        csv=report(
+            "results/tables/corpus.csv",
+            caption="../report/corpus.rst",
+            category="Corpus",
+            labels={"table": "corpus", "format": "csv"},
+        ),
+        html=report(
+            "results/tables/corpus.html",
+            caption="../report/corpus.rst",
+            category="Corpus",
+            labels={"table": "corpus", "format": "html"},
+        ),
     log:
         "results/logs/corpus_table.log",
     conda:
@@ -84,30 +114,42 @@ rule runtime_table:
     input:
         expand("results/eval_{model}.json", model=REPORT_MODELS),
     output:
-        csv=report("results/tables/runtime.csv", caption="../report/runtime.rst", category="Runtime",
-                   labels={"table": "runtime", "format": "csv"}),
-        html=report("results/tables/runtime.html", caption="../report/runtime.rst", category="Runtime",
-                    labels={"table": "runtime", "format": "html"}),
-    params:
-        benchmarks=benchmark_files(REPORT_MODELS),
+        csv=report(
+            "results/tables/runtime.csv",
+            caption="../report/runtime.rst",
+            category="Runtime",
+            labels={"table": "runtime", "format": "csv"},
+        ),
+        html=report(
+            "results/tables/runtime.html",
+            caption="../report/runtime.rst",
+            category="Runtime",
+            labels={"table": "runtime", "format": "html"},
+        ),
     log:
         "results/logs/runtime_table.log",
     conda:
         "../envs/report.yaml"
+    params:
+        benchmarks=benchmark_files(REPORT_MODELS),
     shell:
         "python -m gpt2 table runtime --inputs {params.benchmarks} --csv {output.csv} --html {output.html} 2> {log}"
 
 
 rule rulegraph:
     output:
-        report("results/report/rulegraph.svg", caption="../report/rulegraph.rst", category="Rule graph",
-               labels={"figure": "rule graph"}),
-    params:
-        snakefile=workflow.main_snakefile,
+        report(
+            "results/report/rulegraph.svg",
+            caption="../report/rulegraph.rst",
+            category="Rule graph",
+            labels={"figure": "rule graph"},
+        ),
     log:
         "results/logs/rulegraph.log",
     conda:
         "../envs/report.yaml"
+    params:
+        snakefile=workflow.main_snakefile,
     shell:
         "snakemake -s {params.snakefile} --directory . --nolock --rulegraph dot report_all 2> {log}"
         " | dot -Tsvg > {output} 2>> {log}"

@@ -10,14 +10,14 @@ rule make_shards:
         manifest="results/shards/manifest.json",
         train=directory("results/shards/train"),
         test=directory("results/shards/test"),
-    params:
-        shard_tokens=config["shards"]["shard_tokens"],
     log:
         "results/logs/make_shards.log",
     benchmark:
         "results/benchmarks/make_shards.tsv"
     conda:
         "../envs/train.yaml"
+    params:
+        flags=cli_flags(ShardsParams, config["shards"]),
     shell:
         "python -m gpt2 make-shards --vocab_path {input.vocab} --train_corpus {input.train}"
-        " --test_corpus {input.test} --out results/shards --shard_tokens {params.shard_tokens} 2> {log}"
+        " --test_corpus {input.test} --out results/shards {params.flags} 2> {log}"

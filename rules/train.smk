@@ -11,23 +11,24 @@ rule train:
     output:
         model="results/train/{model}/model.pt",
         metrics="results/train/{model}/metrics.csv",
-    params:
-        launcher=train_launcher(),
-        arch=arch_flags,
-        flags=train_flags(),
-    threads: TRAIN_CFG["threads"]
-    resources:
-        gpu=TRAIN_CFG["gpus"],
-        nodes=TRAIN_CFG["nodes"],
-        mem_mb=TRAIN_CFG["mem_mb"],
-        runtime=TRAIN_CFG["runtime"],
     log:
         "results/logs/train/{model}.log",
     benchmark:
         "results/benchmarks/train/{model}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: TRAIN["threads"]
+    resources:
+        gpu=TRAIN["gpus"],
+        nodes=TRAIN["nodes"],
+        mem_mb=TRAIN["mem_mb"],
+        runtime=TRAIN["runtime"],
+    params:
+        launcher=train_launcher(),
+        arch=arch_flags,
+        flags=cli_flags(TrainParams, TRAIN, skip=("threads",)),
+        checkpoints="results/train/{model}/checkpoints",
     shell:
-        "{params.launcher} train --eval_corpus {input.manifest} --save_model_path {output.model}"
-        " --save_checkpoint_path results/train/{wildcards.model}/checkpoints"
-        " {params.arch} {params.flags} --threads {threads} 2> {log}"
+        "{params.launcher} train --shards {input.manifest} --save_model_path {output.model}"
+        " --save_checkpoint_path {params.checkpoints} {params.arch} {params.flags}"
+        " --threads {threads} 2> {log}"

@@ -8,7 +8,7 @@ CORPUS=${CORPUS:-results/corpus}
 OUT=${OUT:-results/scripts}
 PYTHON=${PYTHON:-.venv/bin/python}
 
-"$PYTHON" -m gpt2 train \
+"$PYTHON" -m gpt2 train --reference_defaults \
     --train_corpus "$CORPUS/corpus.train.txt" \
     --eval_corpus "$CORPUS/corpus.test.txt" \
     --vocab_path "$CORPUS/vocab.txt" \

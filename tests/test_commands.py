@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, gpt2
-from gpt2.commands import TRAIN_FLAGS
+from gpt2.params import TrainParams, settings
 from gpt2.shards import TokenStream
 
 REFERENCE_TRAIN_FLAGS = ["--train_corpus", "--eval_corpus", "--vocab_path", "--seq_len", "--layers", "--heads",
@@ -21,7 +21,7 @@ REFERENCE_TRAIN_FLAGS = ["--train_corpus", "--eval_corpus", "--vocab_path", "--s
                          "--total_steps", "--eval_steps", "--save_steps", "--save_model_path",
                          "--save_checkpoint_path", "--from_checkpoint", "--from_pretrained", "--use_amp",
                          "--use_grad_ckpt", "--gpus"]
-TINY = ["--seq_len", "32", "--layers", "2", "--heads", "2", "--dims", "32", "--batch_train", "16", "--base_lr",
+TINY = ["--reference_defaults", "--seq_len", "32", "--layers", "2", "--heads", "2", "--dims", "32", "--batch_train", "16", "--base_lr",
         "3e-3", "--warmup_steps", "5", "--eval_steps", "10", "--save_steps", "10", "--eval_tokens", "1024",
         "--log_every", "5", "--threads", "2", "--amp", "off"]
 
@@ -48,7 +48,8 @@ def test_help_documents_every_reference_flag():
     help_text = gpt2("train", "--help").stdout
     for flag in REFERENCE_TRAIN_FLAGS:
         assert flag in help_text, flag
-    assert all(name in help_text for name, *_ in TRAIN_FLAGS.values())
+    for f in settings(TrainParams, ("both", "cli")):  # every setting under its own name and its aliases
+        assert all(flag.split("=")[0] in help_text for flag in (f"--{f.name}", *f.metadata["aliases"])), f.name
     for command, flags in (("evaluate", ["--model_path", "--eval_corpus", "--vocab_path", "--seq_len", "--layers",
                                          "--heads", "--dims", "--rate", "--batch_eval", "--total_steps",
                                          "--use_gpu", "--output"]),
@@ -82,11 +83,13 @@ def test_from_checkpoint_and_from_pretrained(text_run, corpus, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train"], "the following arguments are required: --eval_corpus"),
+    (["train"], "one of the arguments --shards --eval_corpus is required"),
     (["train", "--eval_corpus", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt: no such file"),
     (["train", "--eval_corpus", "{manifest}", "--total_steps", "ten"], "invalid int value: 'ten'"),
     (["train", "--eval_corpus", "{test}"], "error: --vocab_path is needed with text corpora"),
-    (["train", "--eval_corpus", "{manifest}", "--heads", "5"], "error: dims (1024) must be divisible by heads (5)"),
+    (["train", "--eval_corpus", "{test}", "--vocab_path", "{vocab}"],
+     "error: --train_corpus is needed with a text --eval_corpus: without it, training would train on"),
+    (["train", "--eval_corpus", "{manifest}", "--heads", "5"], "error: dims (768) must be divisible by heads (5)"),
     (["train", "--eval_corpus", "{manifest}", "--gpus", "2"], "error: --gpus 2, but torch sees 0 CUDA device(s)"),
     (["train", "--eval_corpus", "{manifest}", "--use_grad_ckpt", "--amp", "maybe"], "expected auto, on or off"),
     (["evaluate", "--eval_corpus", "{manifest}"], "the following arguments are required: --model_path"),
@@ -94,7 +97,8 @@ def test_from_checkpoint_and_from_pretrained(text_run, corpus, tmp_path):
      "error: --dims 128 does not match the checkpoint's 64"),
     (["evaluate", "--model_path", "{vocab}", "--eval_corpus", "{manifest}"], "not a loadable checkpoint"),
     (["generate", "--model_path", "{model}", "--vocab_path", "{vocab}", "--nucleus_prob", "1.5"],
-     "error: --nucleus_prob 1.5 must be in (0, 1]"),
+     "error: --top_p (--nucleus_prob) 1.5 is out of range (must be <= 1)"),
+    (["train", "--shards", "{manifest}", "--steps", "0"], "error: --steps (--total_steps) 0 is out of range (must be >= 1)"),
     (["generate", "--model_path", "{model}"], "the following arguments are required: --vocab_path"),
     (["visualize", "--model_path", "{vocab}"], "error: no metrics.csv beside"),
     (["export", "--model_path", "{model}", "--vocab_path", "/nope", "--out", "x"], "/nope: no such file"),
@@ -141,6 +145,30 @@ def test_generate_is_seeded_and_interactive(corpus):
     assert interactive.returncode == 0 and interactive.stdout == greedy
 
 
+def test_text_corpora_are_sharded_once_and_reused(text_run, corpus):
+    """Re-running the same command resumes; the shards of the text files are not made again."""
+    shard = next((text_run / "ckpt/shards/train").glob("*.bin"))
+    before = shard.stat().st_mtime_ns
+    proc = gpt2("train", "--train_corpus", str(corpus["train"]), "--eval_corpus", str(corpus["test"]),
+                "--vocab_path", str(corpus["vocab"]), "--save_model_path", str(text_run / "model.pth"),
+                "--save_checkpoint_path", str(text_run / "ckpt"), "--total_steps", "20", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reusing the shards" in proc.stderr and "sharded" not in proc.stderr
+    assert shard.stat().st_mtime_ns == before
+
+
+@pytest.mark.reliability
+def test_visualize_without_a_display_still_writes_the_figure(text_run, tmp_path):
+    figure = tmp_path / "figure.png"
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "gpt2", "visualize", "--model_path", str(text_run / "model.pth"),
+                           "--figure", str(figure), "--interactive"], capture_output=True, text=True,
+                          env=dict(env, PYTHONPATH=str(ROOT / "src")))
+    assert proc.returncode == 2, proc.stderr[-1000:]
+    assert "needs a display" in proc.stderr.splitlines()[-1] and str(figure) in proc.stderr.splitlines()[-1]
+    assert figure.is_file() and figure.stat().st_size > 10_000
+
+
 def test_visualize_draws_the_four_views(text_run, tmp_path):
     figure = tmp_path / "figure.png"
     proc = gpt2("visualize", "--model_path", str(text_run / "model.pth"), "--figure", str(figure))
@@ -157,7 +185,7 @@ def test_export_round_trips_through_transformers(corpus, tmp_path):
     proc = gpt2("export", "--model_path", str(corpus["model"]), "--vocab_path", str(corpus["vocab"]), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-1500:]
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
-    from gpt2.evaluate import load_model
+    from gpt2.checkpoint import load_model
 
     ours, _ = load_model(corpus["model"], torch.device("cpu"))
     ours.eval()

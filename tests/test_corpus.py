@@ -12,7 +12,9 @@ import pytest
 
 from conftest import ROOT, snakemake, write_dump
 from gpt2 import UserError
-from gpt2.corpus import CORPUS_FILES, SPECIALS, _run_expanda, installed_expanda, patch_expanda, render_config
+from gpt2.corpus import CORPUS_FILES, _run_expanda, installed_expanda, patch_expanda, render_config
+from gpt2.params import CorpusParams
+from gpt2.vocab import SPECIALS
 
 CORPUS = [f"results/corpus/{name}" for name in CORPUS_FILES]
 
@@ -84,7 +86,8 @@ def test_shuffle_is_seeded(sample_run, tmp_path):
     out.mkdir()
     from gpt2.corpus import build_corpus
 
-    build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda", out, threads=2)
+    build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda", out,
+                 CorpusParams(threads=2))
     assert (out / "corpus.raw.txt").read_bytes() == (sample_run / "results/corpus/corpus.raw.txt").read_bytes()
 
 
@@ -96,13 +99,13 @@ def test_a_patch_that_does_not_apply_names_patch_and_file(tmp_path):
         "--- a/tokenization.py\n+++ b/tokenization.py\n@@ -83,1 +83,1 @@\n"
         "-    tokenizer.train(nothing_like_this)\n+    tokenizer.train(other)\n")
     with pytest.raises(UserError, match=r"patch 0009-stale.patch does not apply to expanda/tokenization.py"):
-        patch_expanda(tmp_path / "expanda", patches)
+        patch_expanda(tmp_path / "expanda", sorted(patches.glob("*.patch")))
     assert not (tmp_path / "expanda").exists()
 
 
 def _expanda_on(dump: Path, expanda_dir: Path, workspace: Path) -> None:
     workspace.mkdir()
-    (workspace / "expanda.cfg").write_text(render_config(dump, 1, 500, 1000, 10, 1000, 0.1, 0))
+    (workspace / "expanda.cfg").write_text(render_config(dump, CorpusParams(threads=1, vocab_size=500, min_length=10)))
     _run_expanda(workspace, expanda_dir)
 
 
@@ -110,7 +113,7 @@ def _expanda_on(dump: Path, expanda_dir: Path, workspace: Path) -> None:
 def test_dead_worker_fails_with_its_real_error(tmp_path):
     """Bypassing our dump check, an unsupported language kills a worker inside expanda."""
     dump = write_dump(tmp_path / "fr.xml.bz2", [(0, "Paris", "Paris est la capitale de la France. " * 3)], "fr")
-    patch_expanda(tmp_path / "patched", ROOT / "patches")
+    patch_expanda(tmp_path / "patched", sorted((ROOT / "patches").glob("*.patch")))
     with pytest.raises(UserError, match=r"NotImplementedError: language \[fr\] is not supported"):
         _expanda_on(dump, tmp_path / "patched", tmp_path / "ws1")
     # Upstream expanda carries on and trips over a temp file the dead worker never wrote.

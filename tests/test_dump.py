@@ -13,6 +13,7 @@ import pytest
 from conftest import gpt2, write_dump
 from gpt2 import UserError
 from gpt2.dump import dump_name, info_path, inspect_dump, partial_path
+from gpt2.params import DumpParams
 
 DUMP_FILE = "enwiki-20240801-pages-articles-multistream1.xml-p1p41242.bz2"
 
@@ -81,14 +82,15 @@ def server(sample_dump):
 
 def _fetch_url(server, out: Path, *extra: str):
     return gpt2("fetch-dump", "--source", "url", "--url", f"{server.base}/enwiki/20240801/{DUMP_FILE}",
-                "--out", str(out), "--timeout", "10", *extra)
+                "--out", str(out), "--timeout_s", "10", *extra)
 
 
 def test_names_derive_from_the_source():
-    assert dump_name("sample") == "enwiki-sample"
-    assert dump_name("url", url=f"https://x/{DUMP_FILE}") == DUMP_FILE.removesuffix(".bz2")
-    assert dump_name("path", path="/data/kowiki-latest-pages-articles.xml.bz2") == "kowiki-latest-pages-articles"
-    assert dump_name("url", url="https://x/a.xml.bz2", name="mine") == "mine"
+    assert dump_name(DumpParams(source="sample")) == "enwiki-sample"
+    assert dump_name(DumpParams(source="url", url=f"https://x/{DUMP_FILE}")) == DUMP_FILE.removesuffix(".bz2")
+    assert dump_name(DumpParams(source="path", path="/data/kowiki-latest-pages-articles.xml.bz2")) == (
+        "kowiki-latest-pages-articles")
+    assert dump_name(DumpParams(source="url", url="https://x/a.xml.bz2", name="mine")) == "mine"
 
 
 def test_full_download_is_verified_against_published_sha1sums(server, tmp_path, sample_dump):

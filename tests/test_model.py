@@ -14,7 +14,7 @@ PRESETS = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
 
 def _tiny(**kw) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=100, seq_len=32, layers=2, heads=4, dims=32, **kw)).eval()
+    return GPT(GPTConfig(**{"vocab_size": 100, "seq_len": 32, "layers": 2, "heads": 4, "dims": 32, "rate": 4, "dropout": 0.0, **kw})).eval()
 
 
 def test_changing_a_future_token_never_changes_earlier_logits():
@@ -61,7 +61,7 @@ def gpt2_formula(vocab: int, seq: int, layers: int, dims: int) -> int:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_parameter_counts_match_the_gpt2_formula(name):
     arch = PRESETS[name]
-    cfg = GPTConfig(vocab_size=50257, seq_len=1024, **arch)
+    cfg = GPTConfig(vocab_size=50257, seq_len=1024, rate=4, dropout=0.0, **arch)
     with torch.device("meta"):
         model = GPT(cfg)
     counts = model.num_params()
@@ -71,12 +71,12 @@ def test_preset_parameter_counts_match_the_gpt2_formula(name):
 
 def test_gpt2_small_has_its_known_size():
     with torch.device("meta"):
-        model = GPT(GPTConfig(vocab_size=50257, seq_len=1024, **PRESETS["small"]))
+        model = GPT(GPTConfig(vocab_size=50257, seq_len=1024, rate=4, dropout=0.0, **PRESETS["small"]))
     assert model.num_params()["total"] == 124_475_904  # 124M with the vocab padded to 50304
 
 
 def test_output_is_tied_and_residual_init_is_scaled():
-    model = GPT(GPTConfig(vocab_size=1000, seq_len=16, layers=8, heads=4, dims=256))
+    model = GPT(GPTConfig(vocab_size=1000, seq_len=16, layers=8, heads=4, dims=256, rate=4, dropout=0.0))
     assert model.cfg.padded_vocab == 1024
     std = model.blocks[0].attn.proj.weight.std().item()
     assert abs(std - 0.02 / 4) < 0.002  # 1/sqrt(2 * 8 layers)
@@ -86,7 +86,7 @@ def test_output_is_tied_and_residual_init_is_scaled():
 
 def test_heads_must_divide_dims():
     with pytest.raises(ValueError, match="divisible"):
-        GPTConfig(vocab_size=10, dims=100, heads=3)
+        GPTConfig(vocab_size=10, seq_len=8, layers=1, dims=100, heads=3, rate=4, dropout=0.0)
 
 
 def test_nucleus_and_top_k_keep_only_likely_tokens():

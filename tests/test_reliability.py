@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from conftest import gpt2
-from test_train import _env, _losses, _train_cmd
+from test_train import _env, _losses, _train_cmd, _train_until
 
 pytestmark = pytest.mark.reliability
 
@@ -60,7 +61,7 @@ def test_a_truncated_newest_checkpoint_is_skipped(tiny_run, tmp_path):
     manifest = tiny_run / "results/shards/manifest.json"
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     subprocess.run(_train_cmd(manifest, straight), check=True, env=_env(), capture_output=True)
-    subprocess.run(_train_cmd(manifest, broken, "--stop_after", "12"), check=True, env=_env(), capture_output=True)
+    _train_until(manifest, broken, 12)
     newest = broken / "checkpoints/step_0000012.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # as a crash mid-write would
     proc = subprocess.run(_train_cmd(manifest, broken), env=_env(), capture_output=True, text=True)
@@ -141,20 +142,20 @@ def test_shards_of_another_vocab_are_refused(tiny_run, tmp_path):
 
 COMMANDS = {  # command -> (required flags with valid values, a flag that takes a number)
     "fetch-dump": (["--out", "x.xml.bz2"], "--retries"),
-    "patch-expanda": (["--out", "x"], None),
+    "patch-expanda": (["--out", "x", "--patches", "{any}"], None),
     "build-corpus": (["--dump", "{dump}", "--expanda", "{any}", "--out", "x"], "--threads"),
     "make-shards": (["--vocab_path", "{any}", "--train_corpus", "{any}", "--test_corpus", "{any}", "--out", "x"],
                     "--shard_tokens"),
-    "train": (["--eval_corpus", "{any}"], "--total_steps"),
+    "train": (["--shards", "{any}"], "--total_steps"),
     "evaluate": (["--model_path", "{any}", "--eval_corpus", "{any}"], "--batch_eval"),
     "generate": (["--model_path", "{any}", "--vocab_path", "{any}"], "--max_tokens"),
     "visualize": (["--model_path", "{any}"], None),
     "export": (["--model_path", "{any}", "--vocab_path", "{any}", "--out", "x"], None),
     "plot-training": (["--metrics", "{any}", "--loss", "a.png", "--lr", "b.png", "--speed", "c.png"], None),
-    "samples": (["--model_path", "{any}", "--vocab_path", "{any}", "--output", "x", "--prompt", "p"],
-                "--max_tokens"),
+    "samples": (["--model_path", "{any}", "--vocab_path", "{any}", "--output", "x"], "--sample_tokens"),
     "table": (["evaluation", "--inputs", "{any}", "--csv", "a", "--html", "b"], None),
     "screenshot": (["--out", "x.png"], None),
+    "write-config": (["--root", "{any}"], None),
 }
 
 
@@ -167,7 +168,7 @@ def test_every_command_refuses_bad_flags_clearly(command, tmp_path, sample_dump)
     if flags:  # a missing required flag
         first = flags[0]
         proc = gpt2(command, *required[:first], *required[first + 2:])
-        assert proc.returncode == 2 and "the following arguments are required" in _last_line(proc)
+        assert proc.returncode == 2 and re.search("arguments? .*(are|is) required", _last_line(proc))
     paths = [i + 1 for i in flags if required[i + 1] in values.values()]
     if paths:  # a path that does not exist
         bad = list(required)

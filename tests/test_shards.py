@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,10 @@ import pytest
 
 from gpt2 import UserError
 from gpt2.files import file_digest
-from gpt2.shards import DTYPE, TokenStream, load_vocab, make_shards
+from gpt2.params import ShardsParams
+from conftest import ROOT
+from gpt2.shards import DTYPE, TokenStream, make_shards, shards_for_text
+from gpt2.vocab import load_vocab
 
 VOCAB = ["<unk>", "<s>", "</s>", "<pad>", "the", "cat", "sat", "on", "mat", "##s", "."]
 
@@ -43,7 +49,7 @@ def test_round_trip_and_manifest(tmp_path):
     train = ["the cat sat on the mat .", "the cat ##s sat .", "mat ."] * 7
     test = ["the mat .", "on the cat ."]
     vocab, tr, te = _corpus(tmp_path, train, test)
-    manifest = make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=16)
+    manifest = make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=16))
     assert _decode(TokenStream(tmp_path / "shards/manifest.json", "train")) == train
     assert _decode(TokenStream(tmp_path / "shards/manifest.json", "test")) == test
     split = manifest["splits"]["train"]
@@ -62,7 +68,7 @@ def test_round_trip_and_manifest(tmp_path):
 
 def test_windows_cross_shard_boundaries(tmp_path):
     vocab, tr, te = _corpus(tmp_path, ["the cat sat on the mat ."] * 10, ["the mat ."])
-    make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=7)
+    make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=7))
     stream = TokenStream(tmp_path / "shards/manifest.json", "train")
     whole = np.concatenate(stream.parts)
     assert len(stream.parts) > 5 and len(stream) == len(whole)
@@ -73,7 +79,7 @@ def test_windows_cross_shard_boundaries(tmp_path):
 @pytest.mark.reliability
 def test_unknown_tokens_map_to_unk_and_are_counted(tmp_path):
     vocab, tr, te = _corpus(tmp_path, ["the dog sat on the sofa .", "<unk> cat ."], ["the mat ."])
-    manifest = make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=100)
+    manifest = make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=100))
     split = manifest["splits"]["train"]
     assert (split["missing_from_vocab"], split["unk_tokens"]) == (2, 3)
     assert _decode(TokenStream(tmp_path / "shards/manifest.json", "train"))[0] == "the <unk> sat on the <unk> ."
@@ -96,8 +102,24 @@ def test_bad_vocab_is_refused(tmp_path, vocab, message):
 def test_empty_corpus_leaves_no_output(tmp_path):
     vocab, tr, te = _corpus(tmp_path, [], ["the mat ."])
     with pytest.raises(UserError, match="empty corpus"):
-        make_shards(vocab, tr, te, tmp_path / "shards", shard_tokens=100)
+        make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=100))
     assert not (tmp_path / "shards/manifest.json").exists() and not (tmp_path / "shards/train").exists()
+
+
+def test_processes_starting_together_shard_text_corpora_once(tmp_path):
+    """As torchrun ranks do: the first takes the lock and shards, the others wait and reuse its shards."""
+    vocab, tr, te = _corpus(tmp_path, ["the cat sat on the mat ."] * 2000, ["the mat ."] * 50)
+    code = ("import sys; from pathlib import Path; from gpt2.shards import shards_for_text; "
+            "shards_for_text(*map(Path, sys.argv[1:]))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(vocab), str(tr), str(te), str(tmp_path / "shards")],
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    logs = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], logs
+    assert sum("sharded " in log for log in logs) == 1 and sum("reusing the shards" in log for log in logs) == 2
+    tr.write_text("the cat .\n")  # a changed corpus is sharded anew
+    shards_for_text(vocab, tr, te, tmp_path / "shards")
+    assert _decode(TokenStream(tmp_path / "shards/manifest.json", "train")) == ["the cat ."]
 
 
 def test_sample_shards_match_the_corpus(tiny_run):

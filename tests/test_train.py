@@ -18,7 +18,9 @@ import torch
 from conftest import ROOT, TINY_CONFIG
 from gpt2.model import GPT, GPTConfig
 from gpt2.shards import TokenStream
-from gpt2.train import Batches, TrainConfig, lr_factor, param_groups
+from gpt2.cli import build_parser, settings_from
+from gpt2.params import Architecture, TrainParams
+from gpt2.train import Batches, Outputs, lr_factor, model_config, param_groups, train
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
 RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--dropout", "0", "--lr", "0.003", "--warmup_steps", "4",
@@ -35,6 +37,25 @@ def _outputs(out: Path) -> list[str]:
     return ["--save_model_path", str(out / "model.pt"), "--save_checkpoint_path", str(out / "checkpoints")]
 
 
+class Crash(Exception):
+    """Raised by the on_step callback: training ends there as it would on a crash."""
+
+
+def _train_until(manifest: Path, out: Path, stop_at: int, *extra: str) -> None:
+    """The run of _train_cmd in this process, ended right after step `stop_at` (and its checkpoint)."""
+    args = build_parser().parse_args(["train", "--shards", str(manifest), *_outputs(out), *TINY_ARCH, *RUN, *extra])
+    params, arch = settings_from(TrainParams, args), settings_from(Architecture, args)
+
+    def stop(step: int) -> None:
+        if step == stop_at:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(manifest, Outputs(args.save_model_path, args.save_checkpoint_path), model_config(manifest, arch, params),
+              params, on_step=stop)
+    assert not (out / "model.pt").exists()
+
+
 def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
@@ -49,7 +70,7 @@ def _losses(path: Path) -> list[tuple[int, float, str]]:
 
 
 def test_lr_warms_up_then_decays_to_the_floor():
-    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    cfg = TrainParams(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     factors = [lr_factor(s, cfg) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
@@ -67,7 +88,7 @@ def test_every_sequence_is_seen_once_per_epoch(tiny_run):
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():
-    model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8))
+    model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8, rate=4, dropout=0.0))
     decay, plain = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decay["params"]} == {
@@ -113,8 +134,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
 @pytest.mark.reliability
 def test_resume_refuses_checkpoints_of_another_run(tiny_run, tmp_path):
     manifest = tiny_run / "results/shards/manifest.json"
-    subprocess.run(_train_cmd(manifest, tmp_path, "--stop_after", "4"), check=True, env=_env(),
-                   capture_output=True)
+    _train_until(manifest, tmp_path, 4)
     proc = subprocess.run(_train_cmd(manifest, tmp_path, "--lr", "0.01"), env=_env(), capture_output=True,
                           text=True)
     assert proc.returncode == 2

@@ -1,18 +1,26 @@
-"""The foundation: config schema and defaults, conda envs in step with pyproject, rule conventions."""
+"""The foundation: settings declared once (params.py) and everything derived from them, conda envs in step
+with pyproject, rule conventions, lint and formatting."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
+import subprocess
+import sys
 import tomllib
+import typing
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, gpt2, snakemake
 from gpt2 import UserError
+from gpt2.cli import COMMANDS, build_parser, settings_from
 from gpt2.config import check_config
-
-SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+from gpt2.params import (MODELS, REFERENCE_DEFAULTS, SECTIONS, Architecture, EvaluateParams, TrainParams,
+                         from_values, render_config_yaml, render_schema_yaml)
 
 
 def _pins() -> dict[str, str]:
@@ -22,12 +30,12 @@ def _pins() -> dict[str, str]:
 
 def test_default_config_is_valid_and_schema_defaults_match_it():
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    assert check_config(yaml.safe_load((ROOT / "config.yaml").read_text()), SCHEMA) == config
-    assert check_config({}, SCHEMA) == config  # every default in config.yaml is the schema's default
+    assert check_config(yaml.safe_load((ROOT / "config.yaml").read_text())) == config
+    assert check_config({}) == config  # every default in config.yaml is the schema's default
 
 
 def test_partial_config_gets_defaults():
-    config = check_config({"corpus": {"vocab_size": 500}}, SCHEMA)
+    config = check_config({"corpus": {"vocab_size": 500}})
     assert config["corpus"]["vocab_size"] == 500 and config["corpus"]["seed"] == 0
     assert config["dump"]["source"] == "sample"
 
@@ -44,7 +52,7 @@ def test_partial_config_gets_defaults():
 @pytest.mark.reliability
 def test_bad_values_name_the_key(config, key):
     with pytest.raises(UserError, match=re.escape(key)):
-        check_config(config, SCHEMA)
+        check_config(config)
 
 
 @pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
@@ -69,3 +77,101 @@ def test_every_rule_has_log_and_a_conda_env_that_exists():
             env = re.search(r'conda:\s*\n\s*"\.\./(envs/[\w.]+)"', rule)
             assert env and (ROOT / env[1]).exists(), f"{smk.name}: rule {name} has no existing conda env"
             assert "lambda" not in rule, f"{smk.name}: rule {name} uses a lambda"
+
+
+def test_config_yaml_and_schema_are_rendered_from_the_declarations():
+    assert (ROOT / "config.yaml").read_text() == render_config_yaml()
+    assert (ROOT / "schemas/config.schema.yaml").read_text() == render_schema_yaml()
+    assert gpt2("write-config", "--check", "--root", str(ROOT)).returncode == 0
+    config = yaml.safe_load(render_config_yaml())
+    for name, cls in SECTIONS.items():  # every key a section declares, with its default, nothing else
+        assert config[name] == {f.name: dataclasses.asdict(cls())[f.name] for f in dataclasses.fields(cls)
+                                if f.metadata["where"] != "cli"}, name
+    assert config["models"] == {name: dataclasses.asdict(arch) for name, arch in MODELS.items()}
+
+
+@pytest.mark.reliability
+def test_a_hand_edited_config_yaml_is_caught(tmp_path):
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "config.yaml").write_text(render_config_yaml().replace("steps: 300", "steps: 301"))
+    (tmp_path / "schemas/config.schema.yaml").write_text(render_schema_yaml())
+    proc = gpt2("write-config", "--check", "--root", str(tmp_path))
+    assert proc.returncode == 2 and "config.yaml is out of date" in proc.stderr.splitlines()[-1]
+
+
+def test_the_cli_the_workflow_and_the_api_run_the_same_configuration():
+    some_file = str(ROOT / "config.yaml")  # the flags name existing files; their content is not read here
+    args = build_parser().parse_args(["train", "--shards", some_file])
+    workflow = check_config({})
+    assert settings_from(TrainParams, args) == TrainParams() == from_values(TrainParams, workflow["train"])
+    assert settings_from(Architecture, args) == Architecture() == Architecture(**workflow["models"]["small"])
+    evaluate = build_parser().parse_args(["evaluate", "--model_path", some_file, "--shards", some_file])
+    assert settings_from(EvaluateParams, evaluate) == EvaluateParams() == from_values(EvaluateParams,
+                                                                                    workflow["evaluate"])
+
+
+def test_reference_defaults_only_on_request_and_reference_names_as_aliases():
+    some_file = str(ROOT / "config.yaml")
+    argv = ["train", "--shards", some_file, "--reference_defaults"]
+    assert build_parser().parse_args(argv).reference_defaults  # main() then parses again with the reference table
+    args = build_parser(REFERENCE_DEFAULTS).parse_args(argv)
+    params, arch = settings_from(TrainParams, args), settings_from(Architecture, args)
+    for key, value in REFERENCE_DEFAULTS.items():
+        if key != "batch_size":
+            assert getattr(params if hasattr(params, key) else arch, key) == value, key
+    aliased = build_parser().parse_args(["train", "--shards", some_file, "--total_steps", "7", "--base_lr", "0.5",
+                                         "--batch_train", "2", "--wd_rate", "0", "--eval_steps", "3",
+                                         "--save_steps", "4", "--use_amp", "--use_grad_ckpt"])
+    p = settings_from(TrainParams, aliased)
+    assert (p.steps, p.lr, p.micro_batch, p.weight_decay, p.eval_every, p.checkpoint_every, p.amp,
+            p.grad_ckpt) == (7, 0.5, 2, 0.0, 3, 4, "on", True)
+    e = build_parser().parse_args(["evaluate", "--model_path", some_file, "--shards", some_file, "--batch_eval", "5",
+                                   "--total_steps", "2", "--use_gpu"])
+    assert (e.batch_size, e.max_batches, e.device) == (5, 2, "cuda")
+
+
+def test_each_command_function_takes_exactly_what_the_table_declares():
+    """A stage function gets its files by name and its settings as dataclasses -- no setting of its own."""
+    for name, command in COMMANDS.items():
+        module, func = command.target.split(":")
+        function = getattr(__import__(module, fromlist=[func]), func)
+        hints = typing.get_type_hints(function)
+        expected = {arg.dest for arg in command.args} | ({"expect"} if command.checks_architecture else set())
+        parameters = inspect.signature(function).parameters
+        taken = {p for p in parameters if hints.get(p) not in command.params}
+        assert taken == expected, name
+        assert {hints[p] for p in parameters if p not in taken} == set(command.params), name
+        assert all(p.default is inspect.Parameter.empty for p in parameters.values()), name
+
+
+def test_rules_pass_each_setting_under_its_config_name(tmp_path):
+    config = {"corpus": {"limit_alphabet": 123}, "shards": {"shard_tokens": 4096},
+              "train": {"steps": 7, "lr": 0.25, "batch_eval": 3, "amp": "off"}, "evaluate": {"batch_size": 5},
+              "report": {"models": ["tiny"], "sample_tokens": 9}}
+    proc = snakemake(tmp_path, "report_all", config=config, extra=("-n", "-p", "--forceall"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    commands = [line for line in proc.stdout.splitlines() if "python -m gpt2" in line]
+    def command(name: str) -> str:
+        return next(c for c in commands if f"python -m gpt2 {name} " in c)
+    assert "--limit_alphabet 123" in command("build-corpus")
+    assert "--shard_tokens 4096" in command("make-shards")
+    train = command("train")
+    assert all(f in train for f in ("--steps 7", "--lr 0.25", "--batch_eval 3", "--amp off", "--layers 2"))
+    assert "--mem_mb" not in train and "--nodes" not in train  # scheduler settings stay with the scheduler
+    assert "--batch_size 5" in command("evaluate") and "--amp off" in command("evaluate")
+    assert "--sample_tokens 9" in command("samples")
+
+
+def test_snakemake_lint_and_snakefmt_are_clean():
+    lint = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--lint"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout[-3000:]
+    fmt = subprocess.run([str(Path(sys.executable).with_name("snakefmt")), "--check", "."], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_files_named_in_comments_exist():
+    for path in [ROOT / "pyproject.toml", *(ROOT / "envs").glob("*.yaml")]:
+        for name in re.findall(r"tests/\w+\.py", path.read_text()):
+            assert (ROOT / name).is_file(), f"{path.name} names {name}"

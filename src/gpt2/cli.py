@@ -1,163 +1,255 @@
-"""`python -m gpt2 <command>`: one entry point for the Snakemake rules and for users.
+"""`python -m gpt2 <command>`: one parser and a table of command -> stage function.
 
-Each command parses flags and calls the stage module; bad input surfaces as a
-single `error: ...` line and exit status 2.
+The Snakemake rules and users share it. A command's setting flags come from
+the dataclasses of params.py (one flag per field, named as the config key,
+plus the reference repo's aliases); its files are the `Arg`s below. A stage
+function receives each file argument by name and each params dataclass as
+one argument, matched by its type annotation. Bad input surfaces as a single
+`error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib
+import inspect
 import sys
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from gpt2 import UserError
-from gpt2.commands import add_model_commands, boolean, existing
+from gpt2.params import (REFERENCE_DEFAULTS, Architecture, CorpusParams, DumpParams, EvaluateParams, Hardware,
+                         ReportParams, SampleParams, ShardsParams, Switch, TrainParams, check_ranges, choices,
+                         default, settings)
 
 
-def _fetch_dump(args: argparse.Namespace) -> None:
-    from gpt2.dump import fetch_dump
-
-    fetch_dump(args.source, args.out, url=args.url, path=args.path, sha1=args.sha1, md5=args.md5,
-               verify_sums=args.verify, retries=args.retries, timeout=args.timeout)
-
-
-def _patch_expanda(args: argparse.Namespace) -> None:
-    from gpt2.corpus import patch_expanda
-
-    patch_expanda(args.out, args.patches)
+def boolean(text: str) -> bool:
+    """true/false (also yes/no, on/off, 1/0)."""
+    value = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
 
 
-def _build_corpus(args: argparse.Namespace) -> None:
-    from gpt2.corpus import build_corpus
-
-    build_corpus(args.dump, args.expanda, args.out, threads=args.threads, vocab_size=args.vocab_size,
-                 limit_alphabet=args.limit_alphabet, min_length=args.min_length, max_length=args.max_length,
-                 split_ratio=args.split_ratio, seed=args.seed)
-
-
-def _make_shards(args: argparse.Namespace) -> None:
-    from gpt2.shards import make_shards
-
-    make_shards(args.vocab_path, args.train_corpus, args.test_corpus, args.out, args.shard_tokens)
+def switch(text: str) -> str:
+    """auto / on / off (true/false and yes/no too, as YAML writes them)."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        return "on" if boolean(text) else "off"
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}") from None
 
 
-def _plot_training(args: argparse.Namespace) -> None:
-    from gpt2.report import plot_training
-
-    plot_training(args.metrics, args.loss, args.lr, args.speed, args.model)
-
-
-def _samples(args: argparse.Namespace) -> None:
-    from gpt2.report import write_samples
-
-    for text in write_samples(args.model_path, args.vocab_path, args.prompt, args.output, args.max_tokens, args.seed):
-        print(text, file=sys.stderr)
+def existing(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return path
 
 
-def _table(args: argparse.Namespace) -> None:
-    from gpt2 import report
+@dataclass(frozen=True)
+class Arg:
+    """A file, or a value that is not a setting, that a command takes."""
 
-    if args.kind == "evaluation":
-        report.eval_table(args.inputs, args.csv, args.html)
-    elif args.kind == "corpus":
-        if len(args.inputs) != 2:
-            raise UserError("table corpus takes --inputs MANIFEST DUMP_INFO")
-        report.corpus_table(*args.inputs, args.csv, args.html)
-    else:
-        report.runtime_table(args.inputs, args.csv, args.html)
+    dest: str
+    help: str
+    type: Callable | None = Path
+    required: bool = False
+    default: Any = None
+    group: str | None = None  # exactly one argument of a group is required
+    positional: bool = False
+    options: dict = field(default_factory=dict)  # more add_argument keywords (nargs, action, choices)
 
-
-def _screenshot(args: argparse.Namespace) -> None:
-    from gpt2.report import screenshot_report
-
-    screenshot_report(args.report, args.out, chromium=args.chromium)
-
-
-def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot-training", help="loss (four views), learning-rate and throughput figures")
-    p.add_argument("--metrics", type=existing, required=True, help="metrics.csv written by train")
-    p.add_argument("--loss", type=Path, required=True, help="output figure: loss in four views")
-    p.add_argument("--lr", type=Path, required=True, help="output figure: learning rate")
-    p.add_argument("--speed", type=Path, required=True, help="output figure: tokens per second")
-    p.add_argument("--model", default="model", help="name in the titles")
-    p.set_defaults(func=_plot_training)
-
-    p = sub.add_parser("samples", help="seeded completions of fixed prompts")
-    p.add_argument("--model_path", type=existing, required=True)
-    p.add_argument("--vocab_path", type=existing, required=True)
-    p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    p.add_argument("--max_tokens", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_samples)
-
-    p = sub.add_parser("table", help="a CSV + HTML table for the report")
-    p.add_argument("kind", choices=["evaluation", "corpus", "runtime"])
-    p.add_argument("--inputs", type=existing, nargs="+", required=True,
-                   help="evaluation: eval JSONs; corpus: manifest.json and the dump's .json; runtime: benchmark TSVs")
-    p.add_argument("--csv", type=Path, required=True)
-    p.add_argument("--html", type=Path, required=True)
-    p.set_defaults(func=_table)
-
-    p = sub.add_parser("screenshot", help="PNG of the HTML report with the loss curves open (needs chromium)")
-    p.add_argument("--report", type=existing, default=Path("results/report.html"))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary Playwright drives")
-    p.set_defaults(func=_screenshot)
+    def add_to(self, parser) -> None:
+        kwargs = {"help": self.help, "default": self.default, **self.options}
+        if self.type is not None:
+            kwargs["type"] = self.type
+        if self.positional:
+            parser.add_argument(self.dest, **kwargs)
+        else:
+            parser.add_argument(f"--{self.dest}", required=self.required, **kwargs)
 
 
-def _add_dump(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fetch-dump", help="put a verified Wikipedia dump in place")
-    p.add_argument("--source", choices=["sample", "url", "path"], default="sample",
-                   help="sample: enwiki sample in the gensim wheel; url: download; path: a local file")
-    p.add_argument("--out", type=Path, required=True, help="destination .xml.bz2 (a .json sidecar goes beside)")
-    p.add_argument("--url", default="", help="dump URL for --source url")
-    p.add_argument("--path", default="", help="local .xml.bz2 for --source path")
-    p.add_argument("--sha1", default="", help="expected sha1 (default for url: the published sha1sums)")
-    p.add_argument("--md5", default="", help="expected md5")
-    p.add_argument("--verify", type=boolean, default=True, help="check checksums (false skips)")
-    p.add_argument("--retries", type=int, default=5, help="download retries after the first attempt")
-    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
-    p.set_defaults(func=_fetch_dump)
+def _file(dest: str, help: str, required: bool = False, **kw) -> Arg:
+    return Arg(dest, help, existing, required, **kw)
 
 
-def _add_corpus(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("patch-expanda", help="copy the installed expanda and apply patches/")
-    p.add_argument("--out", type=Path, required=True, help="folder for the patched copy")
-    p.add_argument("--patches", type=existing, default=Path("patches"), help="folder of *.patch files")
-    p.set_defaults(func=_patch_expanda)
-
-    p = sub.add_parser("build-corpus", help="run the patched expanda on a dump")
-    p.add_argument("--dump", type=existing, required=True, help="the .xml.bz2 dump")
-    p.add_argument("--expanda", type=existing, required=True, help="the patched expanda folder")
-    p.add_argument("--out", type=Path, required=True, help="folder for vocab.txt and corpus.*.txt")
-    p.add_argument("--threads", type=int, default=1, help="expanda worker processes")
-    p.add_argument("--vocab_size", type=int, default=8000)
-    p.add_argument("--limit_alphabet", type=int, default=1000)
-    p.add_argument("--min_length", type=int, default=50, help="shortest sentence kept, in characters")
-    p.add_argument("--max_length", type=int, default=1000, help="longest sentence kept, in characters")
-    p.add_argument("--split_ratio", type=float, default=0.1, help="fraction of lines for corpus.test.txt")
-    p.add_argument("--seed", type=int, default=0, help="seed of expanda's shuffle")
-    p.set_defaults(func=_build_corpus)
+# The reference repo's ways to name a corpus: a shards manifest, or expanda's text files.
+SHARDS = _file("shards", "a shards manifest.json (its train and test splits)", group="data")
+EVAL_CORPUS = _file("eval_corpus", "expanda's corpus.test.txt (or a shards manifest.json)", group="data")
+TRAIN_CORPUS = _file("train_corpus", "expanda's corpus.train.txt")
+VOCAB = _file("vocab_path", "expanda's vocab.txt (needed with text corpora)")
+MODEL = _file("model_path", "model.pt written by train", required=True)
+NEEDS_VOCAB = _file("vocab_path", "expanda's vocab.txt", required=True)
 
 
-def _add_shards(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-shards", help="token lines -> uint16 shards + manifest.json")
-    p.add_argument("--vocab_path", type=existing, required=True, help="expanda's vocab.txt")
-    p.add_argument("--train_corpus", type=existing, required=True, help="expanda's corpus.train.txt")
-    p.add_argument("--test_corpus", type=existing, required=True, help="expanda's corpus.test.txt")
-    p.add_argument("--out", type=Path, required=True, help="folder for train/, test/ and manifest.json")
-    p.add_argument("--shard_tokens", type=int, default=10_000_000, help="token ids per .bin shard")
-    p.set_defaults(func=_make_shards)
+@dataclass(frozen=True)
+class Command:
+    target: str  # "module:function"; imported when the command runs, so torch loads only where needed
+    help: str
+    args: tuple[Arg, ...] = ()
+    params: tuple[type, ...] = ()
+    checks_architecture: bool = False  # --layers/--dims/... name what the checkpoint must be
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = {
+    "fetch-dump": Command("gpt2.dump:fetch_dump", "put a verified Wikipedia dump in place", (
+        Arg("out", "destination .xml.bz2 (a .json sidecar goes beside)", required=True),), (DumpParams,)),
+    "patch-expanda": Command("gpt2.corpus:patch_expanda", "copy the installed expanda and apply patches/", (
+        Arg("out", "folder for the patched copy", required=True),
+        _file("patches", "the *.patch files, applied in name order", required=True, options={"nargs": "+"}))),
+    "build-corpus": Command("gpt2.corpus:build_corpus", "run the patched expanda on a dump", (
+        _file("dump", "the .xml.bz2 dump", required=True),
+        _file("expanda", "the patched expanda folder", required=True),
+        Arg("out", "folder for vocab.txt and corpus.*.txt", required=True)), (CorpusParams,)),
+    "make-shards": Command("gpt2.shards:make_shards", "token lines -> uint16 shards + manifest.json", (
+        _file("vocab_path", "expanda's vocab.txt", required=True),
+        _file("train_corpus", "expanda's corpus.train.txt", required=True),
+        _file("test_corpus", "expanda's corpus.test.txt", required=True),
+        Arg("out", "folder for train/, test/ and manifest.json", required=True)), (ShardsParams,)),
+    "train": Command("gpt2.train:train_command", "train (or resume) a GPT-2; re-running the same command resumes "
+                     "from the newest checkpoint", (
+        SHARDS, EVAL_CORPUS, TRAIN_CORPUS, VOCAB,
+        Arg("save_model_path", "final model; metrics.csv is written beside it", default=Path("model.pt")),
+        Arg("save_checkpoint_path", "checkpoint folder (default: checkpoints/ beside the model)"),
+        _file("from_checkpoint", "resume from this checkpoint file"),
+        _file("from_pretrained", "start a new run from the weights of this model.pt")),
+        (Architecture, TrainParams)),
+    "evaluate": Command("gpt2.evaluate:evaluate_command", "test loss, perplexity and the unigram baseline as JSON", (
+        MODEL, SHARDS, EVAL_CORPUS,
+        _file("train_corpus", "with a text eval corpus: expanda's corpus.train.txt, for the unigram baseline"),
+        VOCAB, Arg("output", "also write the JSON report here"),
+        Arg("name", "model name in the report (default: the model's folder)", str, default="")),
+        (EvaluateParams, Hardware), checks_architecture=True),
+    "generate": Command("gpt2.generate:generate_command", "complete prompts (interactive without --prompt)", (
+        MODEL, NEEDS_VOCAB,
+        Arg("prompt", "a prompt (repeat for several); none: read prompts from stdin", str,
+            options={"action": "append"})), (SampleParams, Hardware), checks_architecture=True),
+    "visualize": Command("gpt2.report:visualize", "the four-panel loss figure of a training run", (
+        _file("model_path", "model.pt (or its folder): metrics.csv beside it is plotted", required=True),
+        Arg("figure", "output image", default=Path("figure.png")),
+        Arg("interactive", "also show the figure in a window", None, default=False,
+            options={"action": "store_true"}))),
+    "export": Command("gpt2.export:export_hf", "a Hugging Face transformers directory (GPT2LMHeadModel + "
+                      "tokenizer)", (MODEL, NEEDS_VOCAB, Arg("out", "output directory", required=True))),
+    "plot-training": Command("gpt2.report:plot_training", "loss (four views), learning-rate and throughput figures", (
+        _file("metrics", "metrics.csv written by train", required=True),
+        Arg("loss", "output figure: loss in four views", required=True),
+        Arg("lr", "output figure: learning rate", required=True),
+        Arg("speed", "output figure: tokens per second", required=True),
+        Arg("model", "name in the titles", str, default="model"))),
+    "samples": Command("gpt2.report:write_samples", "seeded completions of the report's prompts", (
+        MODEL, NEEDS_VOCAB, Arg("output", "the samples file", required=True)), (ReportParams,)),
+    "table": Command("gpt2.report:write_table", "a CSV + HTML table for the report", (
+        Arg("kind", "evaluation, corpus or runtime", str, positional=True,
+            options={"choices": ["evaluation", "corpus", "runtime"]}),
+        _file("inputs", "evaluation: eval JSONs; corpus: manifest.json and the dump's .json; runtime: benchmark "
+                        "TSVs", required=True, options={"nargs": "+"}),
+        Arg("csv", "output CSV", required=True), Arg("html", "output HTML", required=True))),
+    "screenshot": Command("gpt2.report:screenshot_report", "PNG of the HTML report with the loss curves open "
+                          "(needs chromium)", (
+        _file("report", "the HTML report", default=Path("results/report.html")),
+        Arg("out", "output PNG", required=True),
+        Arg("chromium", "the Chromium binary Playwright drives", str, default="/usr/bin/chromium"))),
+    "write-config": Command("gpt2.params:write_config", "render config.yaml and schemas/config.schema.yaml from "
+                            "src/gpt2/params.py", (
+        _file("root", "the repository to write into", default=Path(".")),
+        Arg("check", "only check that the files are up to date", None, default=False,
+            options={"action": "store_true"}))),
+}
+
+# The dims evaluate/generate may name; the checkpoint's own are used, and must match.
+CHECKED = ("seq_len", "layers", "heads", "dims", "rate")
+
+
+# --- building the parser -----------------------------------------------------------
+
+
+def _converter(kind: Any) -> dict:
+    if kind is bool:
+        return {"type": boolean}
+    if kind == Switch:
+        return {"type": switch}
+    if choices(kind):
+        return {"choices": list(choices(kind))}
+    if typing.get_origin(kind) is list:
+        return {"nargs": "+"}
+    return {"type": kind}
+
+
+def _add_settings(parser, cls: type, defaults: dict) -> None:
+    """One flag per field of `cls`, with its aliases; `--name=value` aliases are switches that set a value."""
+    for f in settings(cls, ("both", "cli")):
+        value = defaults.get(f.name, default(f))
+        reference = f"; reference {REFERENCE_DEFAULTS[f.name]}" if f.name in REFERENCE_DEFAULTS else ""
+        same = [a for a in f.metadata["aliases"] if "=" not in a]
+        parser.add_argument(f"--{f.name}", *same, dest=f.name, default=value,
+                            help=f"{f.metadata['help']} (default {value}{reference})".replace("%", "%%"),
+                            **_converter(f.type))
+        for alias in (a for a in f.metadata["aliases"] if "=" in a):
+            flag, const = alias.split("=")
+            convert = _converter(f.type).get("type", str)
+            parser.add_argument(flag, dest=f.name, action="store_const", const=convert(const),
+                                help=f"same as --{f.name} {const}")
+
+
+def _add_checked(parser) -> None:
+    kinds = {f.name: f for cls in (Architecture, TrainParams) for f in settings(cls) if f.name in CHECKED}
+    for name in CHECKED:
+        parser.add_argument(f"--{name}", type=int, default=None,
+                            help=f"{kinds[name].metadata['help']}; checked against the checkpoint")
+
+
+def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The whole command line; `defaults` (e.g. REFERENCE_DEFAULTS) replace the declared defaults."""
     parser = argparse.ArgumentParser(prog="python -m gpt2", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_dump, _add_corpus, _add_shards, add_model_commands, _add_report):
-        add(sub)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        groups = {}
+        for arg in command.args:
+            if arg.group and arg.group not in groups:
+                groups[arg.group] = p.add_mutually_exclusive_group(required=True)
+            arg.add_to(groups.get(arg.group, p))
+        for cls in command.params:
+            _add_settings(p, cls, defaults or {})
+        if command.checks_architecture:
+            _add_checked(p)
+        if any(f.name in REFERENCE_DEFAULTS for cls in command.params for f in settings(cls)):
+            p.add_argument("--reference_defaults", action="store_true",
+                           help="take the reference GPT-2 repo's defaults (its --seq_len 64 --heads 16 --dims 1024 "
+                                "--batch_train 64 --base_lr 1e-4 --total_steps 1000000 ...) for flags not given")
     return parser
+
+
+# --- calling the stage function ------------------------------------------------------------
+
+
+def settings_from(cls: type, args: argparse.Namespace) -> Any:
+    """The params dataclass `cls` from parsed flags, its declared ranges checked."""
+    instance = cls(**{f.name: getattr(args, f.name) for f in settings(cls, ("both", "cli"))})
+    check_ranges(instance)
+    return instance
+
+
+def call(command: Command, args: argparse.Namespace) -> None:
+    module, name = command.target.split(":")
+    func = getattr(importlib.import_module(module), name)
+    hints = typing.get_type_hints(func)
+    kwargs = {}
+    for pname in inspect.signature(func).parameters:
+        if hints.get(pname) in command.params:
+            kwargs[pname] = settings_from(hints[pname], args)
+        elif pname == "expect":
+            kwargs[pname] = {n: getattr(args, n) for n in CHECKED}
+        else:
+            kwargs[pname] = getattr(args, pname)
+    func(**kwargs)
 
 
 FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -165,8 +257,10 @@ FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "reference_defaults", False):
+        args = build_parser(REFERENCE_DEFAULTS).parse_args(argv)
     try:
-        args.func(args)
+        call(COMMANDS[args.command], args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,19 @@
-"""Config validation with one-line errors that name the key and the fix."""
+"""Config validation with one-line errors that name the key and the fix.
+
+The schema is rendered from the declarations in params.py; this module adds
+the rules across keys that a JSON schema cannot say.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
 
 import jsonschema
-import yaml
 
 from gpt2 import UserError
+from gpt2.params import SECTIONS, TrainParams, accumulation, choices, config_schema, from_values, settings
+
+SCHEMA_FILE = "schemas/config.schema.yaml"
 
 
 def _key(path) -> str:
@@ -34,26 +40,32 @@ def _message(error: jsonschema.ValidationError) -> str:
 def _fill_defaults(schema: dict, instance: dict) -> None:
     for name, sub in schema.get("properties", {}).items():
         if name not in instance and "default" in sub:
-            instance[name] = _copy(sub["default"])
+            instance[name] = copy.deepcopy(sub["default"])
         if isinstance(instance.get(name), dict) and sub.get("type") == "object":
             _fill_defaults(sub, instance[name])
 
 
-def _copy(value):
-    return yaml.safe_load(yaml.safe_dump(value))
+def _normalise_switches(config: dict) -> None:
+    """YAML reads a bare on/off as a boolean: auto/on/off keys get their word back."""
+    for name, cls in SECTIONS.items():
+        for f in settings(cls, ("both", "config")):
+            value = config[name][f.name]
+            if choices(f.type) and isinstance(value, bool):
+                config[name][f.name] = "on" if value else "off"
 
 
-def check_config(config: dict, schema_path: str | Path) -> dict:
-    """Validate `config` in place against the JSON schema, filling defaults.
+def check_config(config: dict) -> dict:
+    """Validate `config` in place, fill every default and return it.
 
     Raises UserError with one line: the offending key, its value and what is allowed.
     """
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = config_schema()
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:
         error = min(errors, key=lambda e: len(e.absolute_path))
-        raise UserError(f"config: {_message(error)}; fix it in config.yaml or with --config (see {schema_path})")
+        raise UserError(f"config: {_message(error)}; fix it in config.yaml or with --config (see {SCHEMA_FILE})")
     _fill_defaults(schema, config)
+    _normalise_switches(config)
     _check_consistency(config)
     return config
 
@@ -68,8 +80,8 @@ def _check_consistency(config: dict) -> None:
         if name not in config["models"]:
             raise UserError(f"config: report.models lists {name!r}, which is not under models: "
                             f"({', '.join(config['models'])})")
-    t = config["train"]
-    per_pass = t["micro_batch"] * t["seq_len"] * max(1, t["gpus"]) * t["nodes"]
-    if t["batch_tokens"] % per_pass:
-        raise UserError(f"config: train.batch_tokens = {t['batch_tokens']} is not a multiple of "
-                        f"micro_batch x seq_len x max(1, gpus) x nodes = {per_pass}")
+    train = from_values(TrainParams, config["train"])
+    try:
+        accumulation(train, max(1, train.gpus) * train.nodes)
+    except UserError as exc:
+        raise UserError(f"config: {exc}") from None

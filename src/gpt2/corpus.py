@@ -21,10 +21,11 @@ import sys
 from pathlib import Path
 
 from gpt2 import UserError
-from gpt2.files import file_digest
+from gpt2.files import atomic_dir, file_digest
+from gpt2.params import CorpusParams
+from gpt2.vocab import BOS, EOS, PAD, SPECIALS, UNK
 
 EXPANDA_VERSION = "1.3.1"
-SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")  # expanda writes them first in vocab.txt
 CORPUS_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.test.txt")
 
 
@@ -57,52 +58,45 @@ def _apply_patch(patch: Path, tree: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def patch_expanda(out: Path, patches_dir: Path) -> list[dict]:
-    """Copy the installed expanda to `out`/expanda and apply every patch, in name order."""
-    out, patches = Path(out), sorted(Path(patches_dir).glob("*.patch"))
-    if not patches:
-        raise UserError(f"no *.patch files in {patches_dir}")
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    tree = staging / "expanda"
-    shutil.copytree(installed_expanda(), tree, ignore=shutil.ignore_patterns("__pycache__"))
-    try:
-        applied = []
-        for patch in patches:
+def patch_expanda(out: Path, patches: list[Path]) -> list[dict]:
+    """Copy the installed expanda to `out`/expanda and apply `patches` in name order."""
+    found = sorted(map(Path, patches), key=lambda p: p.name)
+    if not found:
+        raise UserError("no patches given: pass the *.patch files of patches/")
+    applied = []
+    with atomic_dir(out) as staging:
+        tree = staging / "expanda"
+        shutil.copytree(installed_expanda(), tree, ignore=shutil.ignore_patterns("__pycache__"))
+        for patch in found:
             _apply_patch(patch, tree)
             applied.append({"patch": patch.name, "sha256": file_digest(patch)})
             print(f"applied {patch.name}", file=sys.stderr)
         (staging / "patches.json").write_text(json.dumps(applied, indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return applied
 
 
-def render_config(dump: Path, lang_threads: int, vocab_size: int, limit_alphabet: int, min_length: int,
-                  max_length: int, split_ratio: float, seed: int) -> str:
+def render_config(dump: Path, params: CorpusParams) -> str:
     """expanda.cfg for one dump; outputs land in build/ inside the workspace."""
     return f"""[expanda.ext.wikipedia]
-num-cores = {lang_threads}
-min-length = {min_length}
-max-length = {max_length}
+num-cores = {params.threads}
+min-length = {params.min_length}
+max-length = {params.max_length}
 split-sent = true
 
 [tokenization]
-unk-token = {SPECIALS[0]}
-control-tokens = {SPECIALS[1]}
-                 {SPECIALS[2]}
-                 {SPECIALS[3]}
-vocab-size = {vocab_size}
-limit-alphabet = {limit_alphabet}
+unk-token = {UNK}
+control-tokens = {BOS}
+                 {EOS}
+                 {PAD}
+vocab-size = {params.vocab_size}
+limit-alphabet = {params.limit_alphabet}
 
 [build]
 input-files =
     --expanda.ext.wikipedia {Path(dump).resolve()}
 temporary-path = tmp
-seed = {seed}
-split-ratio = {split_ratio}
+seed = {params.seed}
+split-ratio = {params.split_ratio}
 output-vocab = build/vocab.txt
 output-raw-corpus = build/corpus.raw.txt
 output-train-corpus = build/corpus.train.txt
@@ -143,26 +137,21 @@ def check_outputs(build: Path) -> None:
                     raise UserError(f"expanda's {name} line {number} is not space-separated WordPiece tokens")
 
 
-def build_corpus(dump: Path, expanda_dir: Path, out_dir: Path, threads: int = 1, vocab_size: int = 8000,
-                 limit_alphabet: int = 1000, min_length: int = 50, max_length: int = 1000,
-                 split_ratio: float = 0.1, seed: int = 0) -> dict:
-    """Build the corpus of `dump` into `out_dir` (the four CORPUS_FILES) and return line counts."""
-    if min_length >= max_length:
-        raise UserError(f"corpus.min_length ({min_length}) must be below corpus.max_length ({max_length})")
-    out_dir = Path(out_dir)
-    workspace = out_dir / f".build-{os.getpid()}"
-    shutil.rmtree(workspace, ignore_errors=True)
-    workspace.mkdir(parents=True)
-    try:
-        (workspace / "expanda.cfg").write_text(render_config(
-            dump, threads, vocab_size, limit_alphabet, min_length, max_length, split_ratio, seed))
-        _run_expanda(workspace, expanda_dir)
+def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> dict:
+    """Build the corpus of `dump` into the folder `out` (the four CORPUS_FILES) and return line counts."""
+    if params.min_length >= params.max_length:
+        raise UserError(f"corpus.min_length ({params.min_length}) must be below "
+                        f"corpus.max_length ({params.max_length})")
+    with atomic_dir(out) as staging:
+        workspace = staging / "workspace"
+        workspace.mkdir()
+        (workspace / "expanda.cfg").write_text(render_config(dump, params))
+        _run_expanda(workspace, expanda)
         check_outputs(workspace / "build")
         counts = {name: _count_lines(workspace / "build" / name) for name in CORPUS_FILES}
         for name in CORPUS_FILES:
-            os.replace(workspace / "build" / name, out_dir / name)
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+            os.replace(workspace / "build" / name, staging / name)
+        shutil.rmtree(workspace)
     print(f"corpus: {counts}", file=sys.stderr)
     return counts
 

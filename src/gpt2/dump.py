@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from gpt2 import UserError
 from gpt2.files import atomic_path, file_digest
+from gpt2.params import DumpParams
 
 SAMPLE_RESOURCE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SAMPLE_NAME = "enwiki-sample"
@@ -42,13 +43,13 @@ def sample_path() -> Path:
     return Path(str(path))
 
 
-def dump_name(source: str, url: str = "", path: str = "", name: str = "") -> str:
-    """Name under resources/dumps/: explicit, else derived from the URL or file name."""
-    if name:
-        return name
-    if source == "sample":
+def dump_name(params: DumpParams) -> str:
+    """Name under resources/dumps/: dump.name, else derived from the URL or file name."""
+    if params.name:
+        return params.name
+    if params.source == "sample":
         return SAMPLE_NAME
-    base = os.path.basename(url if source == "url" else path)
+    base = os.path.basename(params.url if params.source == "url" else params.path)
     stem = re.sub(r"(\.xml)?\.bz2$", "", base)
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "dump"
 
@@ -199,11 +200,10 @@ def _scan_export(fh, path: Path) -> dict:
 # --- the rule's entry point ---------------------------------------------------
 
 
-def fetch_dump(source: str, out: Path, url: str = "", path: str = "", sha1: str = "", md5: str = "",
-               verify_sums: bool = True, retries: int = 5, timeout: float = 60.0) -> dict:
+def fetch_dump(out: Path, params: DumpParams) -> dict:
     """Put the dump at `out` (+ `<out stem>.json` sidecar) only once it is verified."""
-    out = Path(out)
-    expected = {k: v for k, v in (("sha1", sha1), ("md5", md5)) if v} if verify_sums else {}
+    out, source, url, path = Path(out), params.source, params.url, params.path
+    expected = {k: v for k, v in (("sha1", params.sha1), ("md5", params.md5)) if v} if params.verify else {}
     if source == "sample":
         src = sample_path()
         verify(src, str(src), expected)
@@ -218,14 +218,14 @@ def fetch_dump(source: str, out: Path, url: str = "", path: str = "", sha1: str 
         info = inspect_dump(src)
         _link_or_copy(src, out)
     elif source == "url":
-        if verify_sums and not expected:
+        if params.verify and not expected:
             with requests.Session() as session:
-                found = published_checksum(url, session, timeout)
+                found = published_checksum(url, session, params.timeout_s)
             if found is None:
                 raise UserError(f"dump.url {url}: no published sha1sums/md5sums found beside it; "
                                 "set dump.sha1 or dump.md5 (or dump.verify: false)")
             expected = dict([found])
-        part = download(url, out, retries, timeout)
+        part = download(url, out, params.retries, params.timeout_s)
         try:
             verify(part, str(out), expected)
         except UserError as exc:

@@ -12,8 +12,8 @@ import importlib.metadata
 import json
 import math
 import platform
-import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpt2 import UserError
+from gpt2 import UserError, checkpoint
+from gpt2.device import autocast, precision_name, resolve_device, set_threads, use_bf16
 from gpt2.files import atomic_path
-from gpt2.model import GPT, GPTConfig
-from gpt2.shards import TokenStream, check_vocab
+from gpt2.model import GPT
+from gpt2.params import EvaluateParams, Hardware
+from gpt2.shards import TokenStream, check_vocab, manifest_for
 
 
 def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
@@ -55,34 +57,6 @@ def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device
     return total, count
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 / AMX): there bf16 autocast trains ~1.8x faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
-def use_bf16(amp: str, device: torch.device) -> bool:
-    """amp: on / off, or auto = CUDA, and CPUs with native bf16."""
-    if amp in ("on", "off"):
-        return amp == "on"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-
-
-def half_dtype(device: torch.device) -> torch.dtype:
-    """bf16, or fp16 on GPUs without bf16 (before Ampere), where training then needs a GradScaler."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, enabled: bool):
-    """Mixed-precision autocast on `device` when enabled (the loss is always computed in fp32)."""
-    return torch.autocast(device.type, dtype=half_dtype(device), enabled=enabled)
-
-
 def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int, limit: int | None = None
                 ) -> tuple[float, int]:
     """Add-one-smoothed unigram model from train counts, scored on test tokens 1..n-1 (of the first `limit`)."""
@@ -92,30 +66,6 @@ def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int, limit: i
     logp = np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
     targets = np.concatenate(test.parts)[1:limit]
     return float(-logp[targets].sum()), len(targets)
-
-
-def load_model(path: str | Path, device: torch.device) -> tuple[GPT, dict]:
-    """A model.pt (or checkpoint) written by training, loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file; train it first (rule train)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated files, pickles with code, non-checkpoints all land here
-        raise UserError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise UserError(f"{path}: not a gpt2 checkpoint (no model/model_config entries)")
-    model = GPT(GPTConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.to(device), state
-
-
-def check_architecture(cfg: GPTConfig, expect: dict, source: Path) -> None:
-    """Dims a user named (flags) must agree with the checkpoint, which is what gets used."""
-    for name, value in expect.items():
-        if value != getattr(cfg, name):
-            raise UserError(f"--{name} {value} does not match the checkpoint's {getattr(cfg, name)} ({source}); "
-                            "drop the flag or pass the right model")
 
 
 def versions() -> dict[str, str]:
@@ -129,64 +79,62 @@ def versions() -> dict[str, str]:
             "expanda": version("expanda")}
 
 
-def evaluate(model_path: Path, manifest: Path, out: Path | None, name: str, batch: int = 16,
-             device: str = "auto", amp: str = "auto", threads: int | None = None, max_batches: int = -1,
-             expect: dict | None = None, baseline: bool = True) -> dict:
-    """Score `model_path` on the test shards; write the JSON report to `out` atomically.
+def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, batch_size: int, device: torch.device,
+             bf16: bool, max_batches: int = 0) -> dict:
+    """Loss, perplexity and bits per token of `model` on `test`, and the unigram floor from `train` counts.
 
-    `max_batches` > 0 scores only the first batches; `expect` holds dims the
-    caller insists on; without a train split (`baseline` False) the unigram
-    keys are null.
+    `max_batches` > 0 scores only the first batches; without `train` the
+    unigram keys are None.
     """
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
-    if threads:
-        torch.set_num_threads(threads)
-    model, state = load_model(model_path, dev)
-    bf16 = use_bf16(amp, dev)
-    cfg = model.cfg
-    check_architecture(cfg, expect or {}, model_path)
-    check_vocab(manifest)
-    train, test = TokenStream(manifest, "train"), TokenStream(manifest, "test")
-    if test.manifest["vocab_size"] != cfg.vocab_size:
-        raise UserError(f"{model_path}: model vocabulary {cfg.vocab_size} != shards' {test.manifest['vocab_size']}")
+    seq_len = model.cfg.seq_len
+    limit = max_batches * batch_size * seq_len + 1 if max_batches > 0 else None
     started = time.perf_counter()
-    limit = max_batches * batch * cfg.seq_len + 1 if max_batches > 0 else None
-    nll, count = stream_nll(model, test, cfg.seq_len, batch, dev, limit=limit, progress=True, bf16=bf16)
+    nll, count = stream_nll(model, test, seq_len, batch_size, device, limit=limit, progress=True, bf16=bf16)
     seconds = time.perf_counter() - started
     uni = None
-    if baseline:
-        uni, uni_count = unigram_nll(train, test, cfg.vocab_size, limit)
+    if train is not None:
+        uni, uni_count = unigram_nll(train, test, model.cfg.vocab_size, limit)
         assert uni_count == count, "model and unigram must score the same positions"
     loss = nll / count
-    report = {
-        "model": name,
-        "params": model.num_params(),
-        "layers": cfg.layers,
-        "heads": cfg.heads,
-        "dims": cfg.dims,
-        "seq_len": cfg.seq_len,
-        "vocab_size": cfg.vocab_size,
-        "train_steps": state["step"],
-        "train_tokens": state["tokens"],
-        "eval_tokens": count,
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "bits_per_token": loss / math.log(2),
-        "unigram_loss": None if uni is None else uni / count,
-        "unigram_perplexity": None if uni is None else math.exp(uni / count),
-        "tokens_per_second": count / seconds,
-        "checkpoint": str(model_path),
-        "seed": state["train_config"]["seed"],
-        "device": str(dev),
-        "precision": "bf16 autocast" if bf16 else "fp32",
-        "versions": versions(),
-    }
-    if out is not None:
-        with atomic_path(out) as tmp:
+    return {"eval_tokens": count, "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+            "unigram_loss": None if uni is None else uni / count,
+            "unigram_perplexity": None if uni is None else math.exp(uni / count),
+            "tokens_per_second": count / seconds}
+
+
+def evaluate_command(model_path: Path, output: Path | None, name: str, shards: Path | None,
+                     eval_corpus: Path | None, train_corpus: Path | None, vocab_path: Path | None, expect: dict,
+                     params: EvaluateParams, hardware: Hardware) -> dict:
+    """`python -m gpt2 evaluate`: score a model.pt, print the JSON report and write it to `output` atomically."""
+    dev = resolve_device(hardware.device)
+    set_threads(hardware.threads)
+    model, state = checkpoint.load_model(model_path, dev)
+    checkpoint.check_architecture(model.cfg, expect, model_path)
+    bf16 = use_bf16(hardware.amp, dev)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = manifest_for(shards, train_corpus, eval_corpus, vocab_path, Path(tmp) / "shards",
+                                need_train=False)
+        check_vocab(manifest)
+        test = TokenStream(manifest, "test")
+        if test.manifest["vocab_size"] != model.cfg.vocab_size:
+            raise UserError(f"{model_path}: model vocabulary {model.cfg.vocab_size} != shards' "
+                            f"{test.manifest['vocab_size']}")
+        # A text eval corpus without --train_corpus has no train split to count the unigram floor on.
+        has_train = shards is not None or eval_corpus.suffix == ".json" or train_corpus is not None
+        train = TokenStream(manifest, "train") if has_train else None
+        numbers = evaluate(model, test, train, params.batch_size, dev, bf16, params.max_batches)
+    cfg = model.cfg
+    report = {"model": name or Path(model_path).parent.name, "params": model.num_params(), "layers": cfg.layers,
+              "heads": cfg.heads, "dims": cfg.dims, "seq_len": cfg.seq_len, "vocab_size": cfg.vocab_size,
+              "train_steps": state["step"], "train_tokens": state["tokens"], **numbers,
+              "checkpoint": str(model_path), "seed": state["train_config"]["seed"], "device": str(dev),
+              "precision": precision_name(bf16, dev), "versions": versions()}
+    if output is not None:
+        with atomic_path(output) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
-    floor = "n/a" if uni is None else f"{report['unigram_perplexity']:.1f}"
-    print(f"{name}: loss {loss:.4f} nats, perplexity {report['perplexity']:.1f} "
-          f"(unigram {floor}) over {count:,} tokens, "
+    floor = "n/a" if train is None else f"{report['unigram_perplexity']:.1f}"
+    print(f"{report['model']}: loss {report['loss']:.4f} nats, perplexity {report['perplexity']:.1f} "
+          f"(unigram {floor}) over {report['eval_tokens']:,} tokens, "
           f"{report['tokens_per_second']:,.0f} tokens/s", file=sys.stderr)
+    print(json.dumps(report, indent=2))
     return report

@@ -11,16 +11,15 @@ never produced by the tokenizer.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from gpt2.corpus import SPECIALS
-from gpt2.evaluate import load_model
-from gpt2.generate import load_tokenizer
+from gpt2.checkpoint import load_model
+from gpt2.files import atomic_dir
 from gpt2.model import GPT
+from gpt2.vocab import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK, load_tokenizer
 
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -40,40 +39,36 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_config(model: GPT, eos_id: int, bos_id: int, pad_id: int) -> dict:
+def hf_config(model: GPT) -> dict:
     cfg = model.cfg
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.padded_vocab,
             "n_positions": cfg.seq_len, "n_embd": cfg.dims, "n_layer": cfg.layers, "n_head": cfg.heads,
             "n_inner": cfg.rate * cfg.dims, "activation_function": "gelu_new",  # tanh GELU, as ours
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
             "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True,
-            "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+            "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
 
 
-def export_hf(model_path: str | Path, vocab_path: str | Path, out: str | Path) -> Path:
+def export_hf(model_path: Path, vocab_path: Path, out: Path) -> Path:
     """Write DIR with config.json, model.safetensors, tokenizer.json and its configs; atomic per directory."""
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    out = Path(out)
     model, _ = load_model(model_path, torch.device("cpu"))
     tokenizer = load_tokenizer(vocab_path)
-    unk, bos, eos, pad = (tokenizer.token_to_id(t) for t in SPECIALS)
-    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model, eos, bos, pad)))
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model)))
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
     # Only buffers HF recomputes (attention masks) and the tied lm_head may be absent.
     if unexpected or any(not (k.endswith(".attn.bias") or k.endswith(".masked_bias") or k == "lm_head.weight")
                          for k in missing):
         raise RuntimeError(f"weight mapping is off: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    hf.save_pretrained(staging, safe_serialization=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=SPECIALS[0], bos_token=SPECIALS[1],
-                                   eos_token=SPECIALS[2], pad_token=SPECIALS[3])
-    fast.save_pretrained(staging)
-    (staging / "gpt2_export.json").write_text(json.dumps(
-        {"source": str(model_path), "vocab": str(vocab_path), "real_vocab_size": model.cfg.vocab_size}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with atomic_dir(out) as staging:
+        hf.save_pretrained(staging, safe_serialization=True)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, bos_token=BOS, eos_token=EOS,
+                                       pad_token=PAD)
+        fast.save_pretrained(staging)
+        (staging / "gpt2_export.json").write_text(json.dumps(
+            {"source": str(model_path), "vocab": str(vocab_path), "real_vocab_size": model.cfg.vocab_size},
+            indent=2))
     print(f"exported {model_path} to {out}", file=sys.stderr)
-    return out
+    return Path(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,27 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside `dest`; on success it replaces `dest` whole.
+
+    On any exception the staging folder is removed and `dest` is left as it was.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    old = staging.with_suffix(".old")
+    try:
+        yield staging
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(staging, dest)
+        fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

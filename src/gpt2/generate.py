@@ -2,36 +2,49 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from tokenizers import Tokenizer, decoders, models
-from tokenizers.normalizers import BertNormalizer
-from tokenizers.pre_tokenizers import BertPreTokenizer
 
-from gpt2.corpus import SPECIALS
+from gpt2 import UserError, checkpoint
+from gpt2.device import resolve_device
 from gpt2.model import GPT
+from gpt2.params import Hardware, SampleParams
+from gpt2.vocab import EOS_ID, load_tokenizer
 
 
-def load_tokenizer(vocab_path: str | Path) -> Tokenizer:
-    """The tokenizer expanda built the corpus with: BERT normalizer and pre-tokenizer, `##` WordPiece."""
-    tokenizer = Tokenizer(models.WordPiece.from_file(str(vocab_path), unk_token=SPECIALS[0]))
-    tokenizer.normalizer = BertNormalizer(strip_accents=False)
-    tokenizer.pre_tokenizer = BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
-    tokenizer.add_special_tokens(list(SPECIALS))
-    return tokenizer
-
-
-def complete(model: GPT, tokenizer: Tokenizer, prompt: str, max_tokens: int = 40, temperature: float = 0.8,
-             top_k: int = 0, top_p: float = 0.85, seed: int = 0) -> str:
+def complete(model: GPT, tokenizer, prompt: str, sampling: SampleParams, seed: int) -> str:
     """The prompt followed by sampled text, stopping at `</s>`; seeded, so it is reproducible."""
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id(SPECIALS[2])]
-    eos = tokenizer.token_to_id(SPECIALS[2])
+    ids = tokenizer.encode(prompt).ids or [EOS_ID]
     generator = torch.Generator(device=device).manual_seed(seed)
     model.eval()
-    out = model.generate(torch.tensor([ids], device=device), max_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, eos_id=eos, generator=generator)
-    new = [i for i in out[0, len(ids):].tolist() if i != eos]
+    out = model.generate(torch.tensor([ids], device=device), sampling.max_tokens, temperature=sampling.temperature,
+                         top_k=sampling.top_k, top_p=sampling.top_p, eos_id=EOS_ID, generator=generator)
+    new = [i for i in out[0, len(ids):].tolist() if i != EOS_ID]
     return tokenizer.decode(ids + new)
+
+
+def _typed_prompts() -> Iterator[str]:
+    """Prompts typed at a terminal (or piped in), one a line, until `exit`, `quit` or the end of input."""
+    interactive = sys.stdin.isatty()
+    for line in iter(lambda: input(">> ") if interactive else sys.stdin.readline(), ""):
+        prompt = line.strip()
+        if prompt in ("exit", "quit"):
+            return
+        if prompt:
+            yield prompt
+
+
+def generate_command(model_path: Path, vocab_path: Path, prompt: list[str] | None, expect: dict,
+                     sampling: SampleParams, hardware: Hardware) -> None:
+    """`python -m gpt2 generate`: complete each --prompt, or prompts read from stdin, one line each."""
+    if not 0 < sampling.top_p <= 1:
+        raise UserError(f"--nucleus_prob {sampling.top_p} must be in (0, 1]")
+    model, _ = checkpoint.load_model(model_path, resolve_device(hardware.device))
+    checkpoint.check_architecture(model.cfg, expect, model_path)
+    tokenizer = load_tokenizer(vocab_path)
+    for i, text in enumerate(prompt or _typed_prompts()):
+        print(complete(model, tokenizer, text, sampling, sampling.seed + i), flush=True)

@@ -1,6 +1,13 @@
-"""How a training job starts its processes; torch-free, so Snakemake can render it cheaply."""
+"""How a training job starts its processes; importing it stays torch-free, so Snakemake renders commands cheaply."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from gpt2 import UserError
 
 
 def launch_command(gpus: int, nodes: int = 1, port: int = 29500) -> str:
@@ -18,3 +25,18 @@ def launch_command(gpus: int, nodes: int = 1, port: int = 29500) -> str:
     if gpus > 1:
         return f"torchrun --standalone --nproc_per_node {gpus} -m gpt2"
     return "python -m gpt2"
+
+
+def require_gpus(gpus: int) -> None:
+    """--gpus N needs N CUDA devices that torch can see."""
+    import torch  # here, so that rendering a launch command stays torch-free
+
+    if torch.cuda.device_count() < gpus:
+        raise UserError(f"--gpus {gpus}, but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                        "leave --gpus out to train on the CPU")
+
+
+def relaunch_under_torchrun(gpus: int) -> None:
+    """Become `torchrun --standalone --nproc_per_node N -m gpt2 <the same arguments>` (never returns)."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    os.execv(torchrun, [torchrun, "--standalone", "--nproc_per_node", str(gpus), "-m", "gpt2", *sys.argv[1:]])

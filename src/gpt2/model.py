@@ -19,13 +19,15 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass(frozen=True)
 class GPTConfig:
+    """The shape of one model; the settings behind it are declared in params.py (Architecture, TrainParams)."""
+
     vocab_size: int
-    seq_len: int = 128
-    layers: int = 12
-    heads: int = 12
-    dims: int = 768
-    rate: int = 4  # MLP hidden size = rate * dims
-    dropout: float = 0.0
+    seq_len: int
+    layers: int
+    heads: int
+    dims: int
+    rate: int  # MLP hidden size = rate * dims
+    dropout: float
     pad_vocab_to: int = 64  # embedding rows padded for fast matmuls; logits are sliced back
 
     def __post_init__(self):

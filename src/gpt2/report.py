@@ -8,6 +8,7 @@ rules/report.smk mark them for `snakemake --report`.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from gpt2 import UserError  # noqa: E402
 from gpt2.files import atomic_path  # noqa: E402
+from gpt2.params import ReportParams, SampleParams  # noqa: E402
 
 EMA_ALPHA = 0.1  # weight of the newest point in the smoothed curve
 TAIL = 0.3  # the zoomed panel shows the last 30% of training
@@ -64,18 +67,19 @@ def series_figure(df: pd.DataFrame, column: str, ylabel: str, title: str) -> Fig
     return fig
 
 
-def save(fig: Figure, path: str | Path) -> None:
+def save(fig: Figure, path: str | Path, keep_open: bool = False) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix[1:], dpi=110)
-    plt.close(fig)
+    if not keep_open:
+        plt.close(fig)
 
 
-def plot_training(metrics: str | Path, loss_png: str | Path, lr_png: str | Path, speed_png: str | Path,
-                  model: str) -> None:
+def plot_training(metrics: Path, loss: Path, lr: Path, speed: Path, model: str) -> None:
+    """The loss (four views), learning-rate and throughput figures of one run's metrics.csv."""
     df = read_metrics(metrics)
-    save(loss_figure(df, f"{model}: training and held-out loss"), loss_png)
-    save(series_figure(df, "lr", "learning rate", f"{model}: learning-rate schedule"), lr_png)
-    save(series_figure(df, "tokens_per_second", "tokens / s", f"{model}: training throughput"), speed_png)
+    save(loss_figure(df, f"{model}: training and held-out loss"), loss)
+    save(series_figure(df, "lr", "learning rate", f"{model}: learning-rate schedule"), lr)
+    save(series_figure(df, "tokens_per_second", "tokens / s", f"{model}: training throughput"), speed)
 
 
 def _write_table(df: pd.DataFrame, csv: str | Path, html: str | Path, title: str) -> None:
@@ -129,20 +133,51 @@ def runtime_table(benchmarks: list[str | Path], csv: str | Path, html: str | Pat
     return df
 
 
-def write_samples(model_path: str | Path, vocab: str | Path, prompts: list[str], out: str | Path,
-                  max_tokens: int, seed: int) -> list[str]:
-    """Seeded completions of fixed prompts, one paragraph each."""
+def write_samples(model_path: Path, vocab_path: Path, output: Path, params: ReportParams) -> list[str]:
+    """Seeded completions of the report's fixed prompts, one paragraph each."""
     import torch
 
-    from gpt2.evaluate import load_model
-    from gpt2.generate import complete, load_tokenizer
+    from gpt2.checkpoint import load_model
+    from gpt2.generate import complete
+    from gpt2.vocab import load_tokenizer
 
     model, _ = load_model(model_path, torch.device("cpu"))
-    tokenizer = load_tokenizer(vocab)
-    texts = [complete(model, tokenizer, p, max_tokens=max_tokens, seed=seed + i) for i, p in enumerate(prompts)]
-    with atomic_path(out) as tmp:
-        tmp.write_text("".join(f"[{p}] {t}\n\n" for p, t in zip(prompts, texts)), encoding="utf-8")
+    tokenizer = load_tokenizer(vocab_path)
+    sampling = SampleParams(max_tokens=params.sample_tokens)
+    texts = [complete(model, tokenizer, p, sampling, params.seed + i) for i, p in enumerate(params.prompts)]
+    with atomic_path(output) as tmp:
+        tmp.write_text("".join(f"[{p}] {t}\n\n" for p, t in zip(params.prompts, texts)), encoding="utf-8")
+    for text in texts:
+        print(text, file=sys.stderr)
     return texts
+
+
+def write_table(kind: str, inputs: list[Path], csv: Path, html: Path) -> pd.DataFrame:
+    """`python -m gpt2 table KIND`: evaluation (eval JSONs), corpus (manifest + dump sidecar), runtime (TSVs)."""
+    if kind == "evaluation":
+        return eval_table(inputs, csv, html)
+    if kind == "corpus":
+        if len(inputs) != 2:
+            raise UserError("table corpus takes --inputs MANIFEST DUMP_INFO")
+        return corpus_table(*inputs, csv, html)
+    return runtime_table(inputs, csv, html)
+
+
+def visualize(model_path: Path, figure: Path, interactive: bool) -> None:
+    """The four-panel loss figure of the run whose model.pt (or folder) is `model_path`; a window if asked."""
+    folder = model_path if model_path.is_dir() else model_path.parent
+    metrics = next((p for p in (folder / "metrics.csv", folder / "checkpoints" / "metrics.csv") if p.exists()), None)
+    if metrics is None:
+        raise UserError(f"no metrics.csv beside {model_path}: point --model_path at a trained model")
+    fig = loss_figure(read_metrics(metrics), str(folder))
+    save(fig, figure, keep_open=interactive)  # before the window, so a missing display still leaves the figure
+    print(f"wrote {figure}", file=sys.stderr)
+    if interactive:
+        try:
+            plt.switch_backend("TkAgg")
+        except Exception:
+            raise UserError(f"--interactive needs a display and Tk; the figure was written to {figure}") from None
+        plt.show()
 
 
 # Flags for headless Chromium on a machine without network (root, no GPU, no background traffic).
@@ -156,14 +191,14 @@ def open_in_browser(pw, chromium: str, width: int = 1400, height: int = 900):
     return browser, browser.new_page(viewport={"width": width, "height": height})
 
 
-def screenshot_report(html: str | Path, out: str | Path, category: str = "Training curves",
-                      item: str = "loss (four views)", chromium: str = "/usr/bin/chromium") -> None:
-    """A PNG of the report with one result opened, for the README."""
+def screenshot_report(report: Path, out: Path, chromium: str) -> None:
+    """A PNG of the report with the loss curves opened, for the README."""
+    category, item = "Training curves", "loss (four views)"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser, page = open_in_browser(pw, chromium, 1280, 720)
-        page.goto(Path(html).resolve().as_uri())
+        page.goto(Path(report).resolve().as_uri())
         page.get_by_text(category, exact=True).click()
         page.locator("tr", has_text=item).locator("a[iconname=eye]").click()
         page.wait_for_timeout(1000)

@@ -10,9 +10,9 @@ Ids are the line numbers of vocab.txt as it is (expanda already put
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,26 +21,12 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2 import UserError
-from gpt2.corpus import SPECIALS
-from gpt2.files import atomic_path, file_digest, fsync_dir
+from gpt2.files import atomic_dir, file_digest
+from gpt2.params import ShardsParams
+from gpt2.vocab import EOS_ID, SPECIALS, UNK_ID, load_vocab
 
 DTYPE = np.dtype("<u2")
-EOS = "</s>"
 BATCH_LINES = 4096
-
-
-def load_vocab(path: str | os.PathLike) -> dict[str, int]:
-    """token -> id from vocab.txt; duplicates, missing specials and > uint16 sizes are errors."""
-    tokens = Path(path).read_text(encoding="utf-8").splitlines()
-    vocab = {token: i for i, token in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        dup = next(t for i, t in enumerate(tokens) if vocab[t] != i)
-        raise UserError(f"{path}: token {dup!r} appears more than once; rebuild the vocabulary")
-    if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
-        raise UserError(f"{path}: must start with {' '.join(SPECIALS)} (found {' '.join(tokens[:4])})")
-    if len(tokens) > np.iinfo(DTYPE).max + 1:
-        raise UserError(f"{path}: {len(tokens)} tokens do not fit uint16 shards; lower corpus.vocab_size")
-    return vocab
 
 
 class ShardWriter:
@@ -94,7 +80,7 @@ def shard_split(corpus: Path, vocab: dict[str, int], folder: Path, prefix: str, 
     """Stream one corpus file into shards; returns its manifest entry."""
     folder.mkdir(parents=True)
     writer = ShardWriter(folder, prefix, shard_tokens)
-    unk, eos = vocab[SPECIALS[0]], vocab[EOS]
+    unk, eos = UNK_ID, EOS_ID
     lines = tokens = unknown = missing_total = 0
     size = corpus.stat().st_size
     with open(corpus, encoding="utf-8") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=prefix,
@@ -114,44 +100,80 @@ def shard_split(corpus: Path, vocab: dict[str, int], folder: Path, prefix: str, 
             "shards": writer.shards}
 
 
-def make_shards(vocab_path: Path, train: Path, test: Path, out_dir: Path, shard_tokens: int) -> dict:
-    """Write train/ and test/ shards and manifest.json into `out_dir`; manifest last, atomically."""
-    out_dir = Path(out_dir)
+def make_shards(vocab_path: Path, train_corpus: Path, test_corpus: Path, out: Path, params: ShardsParams) -> dict:
+    """Write train/ and test/ shards and manifest.json into the folder `out`, all or nothing."""
     vocab = load_vocab(vocab_path)
-    staging = out_dir / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    corpora = {"train": Path(train_corpus), "test": Path(test_corpus)}
     started = time.perf_counter()
-    try:
-        splits = {name: shard_split(Path(path), vocab, staging / name, name, shard_tokens)
-                  for name, path in (("train", train), ("test", test))}
+    with atomic_dir(out) as staging:
+        splits = {name: shard_split(path, vocab, staging / name, name, params.shard_tokens)
+                  for name, path in corpora.items()}
         seconds = time.perf_counter() - started
         total = sum(s["tokens"] for s in splits.values())
         manifest = {
             "format": "raw little-endian uint16 token ids; every corpus line followed by </s>, packed",
             "dtype": DTYPE.str,
-            "vocab": os.path.relpath(vocab_path, out_dir),  # relative to this manifest's folder
+            "vocab": os.path.relpath(vocab_path, out),  # relative to this manifest's folder
             "vocab_size": len(vocab),
             "vocab_sha256": file_digest(vocab_path),
+            "sources_sha256": {name: file_digest(path) for name, path in corpora.items()},
             "special_ids": {token: vocab[token] for token in SPECIALS},
-            "eos_id": vocab[EOS],
-            "shard_tokens": shard_tokens,
+            "eos_id": EOS_ID,
+            "shard_tokens": params.shard_tokens,
             "splits": splits,
             "tokens_per_second": round(total / seconds),
         }
-        for name in splits:
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-            os.replace(staging / name, out_dir / name)
-        fsync_dir(out_dir)
-        with atomic_path(out_dir / "manifest.json") as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for name, split in splits.items():
         print(f"{name}: {split['lines']:,} lines, {split['tokens']:,} tokens, {split['unk_tokens']:,} <unk> "
               f"({split['missing_from_vocab']:,} not in vocab.txt), "
               f"{len(split['shards'])} shard(s)", file=sys.stderr)
     print(f"sharded {total:,} tokens in {seconds:.2f}s ({total / seconds:,.0f} tokens/s)", file=sys.stderr)
     return manifest
+
+
+def shards_for_text(vocab_path: Path, train_corpus: Path, test_corpus: Path, out: Path) -> Path:
+    """Shards of expanda's text files in `out`, made once and reused while vocab and corpora are unchanged.
+
+    Processes that start together (torchrun ranks) take a file lock: the
+    first shards, the others wait and then reuse its shards.
+    """
+    out = Path(out)
+    manifest = out / "manifest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if manifest.is_file():
+            made = json.loads(manifest.read_text())
+            same = made.get("vocab_sha256") == file_digest(vocab_path) and made.get("sources_sha256") == {
+                "train": file_digest(train_corpus), "test": file_digest(test_corpus)}
+            if same:
+                print(f"reusing the shards in {out}: vocab and corpora are unchanged", file=sys.stderr)
+                return manifest
+        make_shards(vocab_path, train_corpus, test_corpus, out, ShardsParams())
+    return manifest
+
+
+def manifest_for(shards: Path | None, train_corpus: Path | None, eval_corpus: Path | None,
+                 vocab_path: Path | None, out: Path, need_train: bool) -> Path:
+    """The shards manifest a command reads: `--shards`, or one made from expanda's text files into `out`.
+
+    `--eval_corpus` may name a manifest too (the reference repo's flag).
+    Training needs a train corpus; evaluation makes do without one (the
+    unigram baseline is then left out).
+    """
+    if shards is None and eval_corpus is not None and eval_corpus.suffix == ".json":
+        shards = eval_corpus
+    if shards is not None:
+        return shards
+    if eval_corpus is None:
+        raise UserError("give --shards MANIFEST, or --eval_corpus with --vocab_path (expanda's text files)")
+    if vocab_path is None:
+        raise UserError("--vocab_path is needed with text corpora (expanda's vocab.txt)")
+    if need_train and train_corpus is None:
+        raise UserError(f"--train_corpus is needed with a text --eval_corpus: without it, training would "
+                        f"train on {eval_corpus}")
+    return shards_for_text(vocab_path, train_corpus or eval_corpus, eval_corpus, out)
 
 
 def check_vocab(manifest_path: str | os.PathLike) -> None:

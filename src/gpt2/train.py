@@ -6,18 +6,23 @@ permutation, and optimizer step s consumes the next `batch_tokens / seq_len`
 of them. A checkpoint therefore only needs the step to know its data position,
 and a run with W processes and A accumulation steps sees exactly the same
 global batches as a single process with W * A accumulation steps.
+
+`train()` reads top to bottom: set-up, resume, then the loop of step,
+log/evaluate, checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,49 +30,24 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from gpt2 import UserError
-from gpt2.evaluate import autocast, half_dtype, load_model, stream_nll, use_bf16
+from gpt2 import UserError, checkpoint
+from gpt2.device import autocast, half_dtype, resolve_device, set_threads, use_bf16
+from gpt2.evaluate import stream_nll
 from gpt2.files import atomic_path
+from gpt2.launch import relaunch_under_torchrun, require_gpus
 from gpt2.model import GPT, GPTConfig
-from gpt2.shards import TokenStream, check_vocab
+from gpt2.params import Architecture, TrainParams, accumulation, trajectory_keys
+from gpt2.shards import TokenStream, check_vocab, manifest_for
 
 METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm"]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 1000
-    batch_tokens: int = 0  # global batch per optimizer step, in tokens; 0: micro_batch x seq_len x processes
-    micro_batch: int = 8  # sequences per forward pass per process
-    batch_eval: int = 16  # sequences per forward pass in periodic evaluation
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 1337
-    eval_every: int = 100
-    eval_tokens: int = 16384  # held-out slice (start of the test split) for periodic evaluation
-    log_every: int = 10
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    compile: str = "auto"  # auto: on for CUDA
-    grad_ckpt: bool = False
-    amp: str = "auto"  # bf16 autocast: auto (CUDA, and CPUs with native bf16), on, off
-
-    # Keys that change the trajectory: a checkpoint only resumes a run that agrees on them.
-    TRAJECTORY = ("steps", "batch_tokens", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1",
-                  "beta2", "grad_clip", "seed", "amp")
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, params: TrainParams) -> float:
     """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if step < params.warmup_steps:
+        return (step + 1) / params.warmup_steps
+    progress = (step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
+    return params.min_lr_ratio + (1 - params.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class Batches:
@@ -91,8 +71,9 @@ class Batches:
         return [int(self._order(i // self.count)[i % self.count]) for i in range(first, first + self.per_step)]
 
     def tensor(self, seqs: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets, (B, T) each, of the sequences `seqs`."""
         rows = np.stack([self.stream.window(i * self.seq_len, self.seq_len + 1) for i in seqs]).astype(np.int64)
-        ids = torch.from_numpy(rows)
+        ids = torch.from_numpy(rows)  # (B, T + 1)
         if device.type == "cuda":
             ids = ids.pin_memory().to(device, non_blocking=True)
         return ids[:, :-1], ids[:, 1:]
@@ -122,17 +103,16 @@ class Dist:
 
 def init_distributed(device: str) -> Dist:
     """Single process, or torchrun's env:// rendezvous (NCCL on GPU, gloo on CPU)."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+        return Dist(device=dev)
+    cuda = dev.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
+    if cuda:
         torch.cuda.set_device(local)
-    return Dist(dist.get_rank(), world, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
+    return Dist(dist.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 
 def all_mean(value: torch.Tensor, env: Dist) -> float:
@@ -141,67 +121,6 @@ def all_mean(value: torch.Tensor, env: Dist) -> float:
         dist.all_reduce(value)
         value /= env.world
     return float(value)
-
-
-# --- checkpoints ---------------------------------------------------------------
-
-
-def checkpoint_paths(folder: Path) -> list[Path]:
-    """Checkpoints in `folder`, newest first."""
-    return sorted(folder.glob("step_*.pt"), reverse=True)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """One checkpoint file, as --from_checkpoint names it."""
-    if not Path(path).is_file():
-        raise UserError(f"--from_checkpoint {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"--from_checkpoint {path}: not a loadable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or "optimizer" not in state:
-        raise UserError(f"--from_checkpoint {path}: not a training checkpoint (use --from_pretrained for a model)")
-    print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
-    return state
-
-
-def _init_weights(model: GPT, path: Path) -> None:
-    pretrained, _ = load_model(path, torch.device("cpu"))
-    if pretrained.cfg != model.cfg:
-        raise UserError(f"--from_pretrained {path}: its architecture {pretrained.cfg.to_dict()} differs from "
-                        f"the flags' {model.cfg.to_dict()}")
-    model.load_state_dict(pretrained.state_dict())
-    print(f"initialised from {path}", file=sys.stderr)
-
-
-def load_latest(folder: Path) -> dict | None:
-    """The newest checkpoint that loads; a damaged one is reported and skipped."""
-    for path in checkpoint_paths(folder):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
-            return state
-        except Exception as exc:
-            print(f"skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return None
-
-
-def save_state(state: dict, path: Path) -> None:
-    """torch.save through a temp file; a failed write (full disk) leaves `path` as it was."""
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    except RuntimeError as exc:  # torch's zip writer reports write errors as RuntimeError
-        raise UserError(f"could not write {path} ({str(exc).splitlines()[0][:80]}); is the disk full? "
-                        "Earlier checkpoints are kept") from None
-
-
-def save_checkpoint(folder: Path, state: dict, keep: int) -> Path:
-    path = folder / f"step_{state['step']:07d}.pt"
-    save_state(state, path)
-    for old in checkpoint_paths(folder)[keep:]:
-        old.unlink()
-    return path
 
 
 def rng_states(env: Dist) -> list[torch.Tensor]:
@@ -221,6 +140,11 @@ def restore_rng(states: list[torch.Tensor], env: Dist) -> None:
         torch.set_rng_state(states[env.rank])
     else:
         torch.cuda.set_rng_state(states[env.rank], env.device)
+
+
+def _maybe_no_sync(net, sync: bool):
+    # DDP all-reduces gradients only on the last micro-batch of a step.
+    return net.no_sync() if not sync and hasattr(net, "no_sync") else contextlib.nullcontext()
 
 
 # --- metrics -------------------------------------------------------------------
@@ -245,7 +169,7 @@ class MetricsLog:
             csv.DictWriter(fh, METRICS).writerow(row)
 
 
-# --- the loop --------------------------------------------------------------------
+# --- a run and its state ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -258,165 +182,244 @@ class Outputs:
         return self.model.with_name("metrics.csv")
 
 
-def train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainConfig, device: str = "auto",
-          threads: int | None = None, stop_after: int | None = None, resume_from: Path | None = None,
-          init_from: Path | None = None) -> Path | None:
+@dataclass(frozen=True)
+class Run:
+    """What a training run reads and never changes: settings, data, devices."""
+
+    params: TrainParams  # batch_tokens resolved (never 0)
+    model_cfg: GPTConfig
+    outputs: Outputs
+    env: Dist
+    batches: Batches
+    valid: TokenStream  # periodic evaluation reads its first eval_tokens
+    accum: int  # micro-batches per process per optimizer step
+    bf16: bool
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint saves and a resume restores."""
+
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    tokens: int = 0
+
+    PARTS = ("model", "optimizer", "scheduler", "scaler")
+
+    def to_dict(self, run: Run) -> dict:
+        rng = rng_states(run.env)  # every rank takes part in the gather
+        return {name: getattr(self, name).state_dict() for name in self.PARTS} | {
+            "step": self.step, "tokens": self.tokens, "rng": rng, "model_config": run.model_cfg.to_dict(),
+            "train_config": asdict(run.params)}
+
+    def load(self, saved: dict, env: Dist) -> None:
+        for name in self.PARTS:
+            if name in saved:
+                getattr(self, name).load_state_dict(saved[name])
+        self.step, self.tokens = saved["step"], saved["tokens"]
+        restore_rng(saved["rng"], env)
+
+
+def setup(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainParams, env: Dist) -> Run:
+    per_pass = params.micro_batch * model_cfg.seq_len * env.world
+    params = replace(params, batch_tokens=params.batch_tokens or per_pass)
+    accum = accumulation(params, env.world)
+    check_vocab(shards)
+    train_stream = TokenStream(shards, "train")
+    if train_stream.manifest["vocab_size"] != model_cfg.vocab_size:
+        raise UserError(f"model vocab_size {model_cfg.vocab_size} != shards' {train_stream.manifest['vocab_size']}")
+    batches = Batches(train_stream, model_cfg.seq_len, params.batch_tokens // model_cfg.seq_len, params.seed)
+    outputs.checkpoints.mkdir(parents=True, exist_ok=True)
+    if env.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Run(params, model_cfg, outputs, env, batches, TokenStream(shards, "test"), accum,
+               use_bf16(params.amp, env.device))
+
+
+def build_state(run: Run) -> TrainState:
+    """A fresh model (seeded) with its AdamW, warmup-cosine schedule and loss scaler."""
+    p, cuda = run.params, run.env.device.type == "cuda"
+    torch.manual_seed(p.seed)
+    model = GPT(run.model_cfg).to(run.env.device)
+    model.grad_ckpt = p.grad_ckpt
+    optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2),
+                                  fused=cuda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, p))
+    # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through.
+    fp16 = run.bf16 and half_dtype(run.env.device) == torch.float16
+    return TrainState(model, optimizer, scheduler, torch.amp.GradScaler(run.env.device.type, enabled=fp16))
+
+
+def resume(run: Run, state: TrainState, resume_from: Path | None, init_from: Path | None) -> None:
+    """Continue from `resume_from` or the newest checkpoint; else start anew, from `init_from`'s weights if given."""
+    saved = checkpoint.load_training(resume_from) if resume_from else checkpoint.load_latest(run.outputs.checkpoints)
+    if saved is not None:
+        _check_same_run(saved, run)
+        state.load(saved, run.env)
+        return
+    if init_from is not None:
+        pretrained, _ = checkpoint.load_model(init_from, torch.device("cpu"), "--from_pretrained")
+        if pretrained.cfg != run.model_cfg:
+            raise UserError(f"--from_pretrained {init_from}: its architecture {pretrained.cfg.to_dict()} differs "
+                            f"from the flags' {run.model_cfg.to_dict()}")
+        state.model.load_state_dict(pretrained.state_dict())
+        print(f"initialised from {init_from}", file=sys.stderr)
+    torch.manual_seed(run.params.seed + run.env.rank)  # dropout masks differ per rank
+
+
+def _check_same_run(saved: dict, run: Run) -> None:
+    diffs = [k for k in trajectory_keys() if saved["train_config"].get(k) != getattr(run.params, k)]
+    diffs += [k for k, v in run.model_cfg.to_dict().items() if saved["model_config"].get(k) != v]
+    if diffs:
+        raise UserError(f"checkpoints in {run.outputs.checkpoints} come from a run with other {', '.join(diffs)}; "
+                        "restore those settings to resume, or delete the folder to start over")
+
+
+def compiled(run: Run, model: GPT):
+    """The module the loop calls: DDP-wrapped across processes, torch.compile'd when asked (auto: CUDA)."""
+    net = DistributedDataParallel(model) if run.env.world > 1 else model
+    if run.params.compile == "on" or (run.params.compile == "auto" and run.env.device.type == "cuda"):
+        net = torch.compile(net)
+    return net
+
+
+# --- one step, one log row, one checkpoint -------------------------------------------
+
+
+def train_step(run: Run, net, state: TrainState) -> tuple[float, float, float]:
+    """One optimizer step over `accum` micro-batches per process: (mean loss, gradient norm, lr used)."""
+    env, p = run.env, run.params
+    seqs = run.batches.indices(state.step)
+    loss_sum = torch.zeros((), device=env.device)
+    for micro in range(run.accum):
+        lo = (micro * env.world + env.rank) * p.micro_batch
+        x, y = run.batches.tensor(seqs[lo: lo + p.micro_batch], env.device)  # (B, T) each
+        with _maybe_no_sync(net, micro == run.accum - 1), autocast(env.device, run.bf16):
+            _, loss, _ = net(x, y)
+        state.scaler.scale(loss / run.accum).backward()
+        loss_sum += loss.detach() / run.accum
+    state.scaler.unscale_(state.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), p.grad_clip))
+    train_loss = all_mean(loss_sum, env)
+    # fp16 overflows give an infinite norm that the scaler handles by skipping the step.
+    if not math.isfinite(train_loss) or not (math.isfinite(grad_norm) or state.scaler.is_enabled()):
+        raise UserError(f"non-finite loss ({train_loss}) at step {state.step + 1}; the last good checkpoint in "
+                        f"{run.outputs.checkpoints} is kept -- lower train.lr or check the data")
+    lr = state.scheduler.get_last_lr()[0]
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step, state.tokens = state.step + 1, state.tokens + p.batch_tokens
+    return train_loss, grad_norm, lr
+
+
+def metrics_row(run: Run, state: TrainState, losses: list[float], seconds: float, lr: float,
+                grad_norm: float) -> dict:
+    """A metrics.csv row for the steps since the last one; the held-out loss too when it is due."""
+    p = run.params
+    row = {"step": state.step, "tokens": state.tokens, "train_loss": f"{sum(losses) / len(losses):.6f}",
+           "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}",
+           "tokens_per_second": f"{len(losses) * p.batch_tokens / seconds:.1f}"}
+    if run.env.main and (state.step % p.eval_every == 0 or state.step == p.steps):
+        nll, count = stream_nll(state.model, run.valid, run.model_cfg.seq_len, p.batch_eval, run.env.device,
+                                limit=p.eval_tokens, bf16=run.bf16)
+        row["eval_loss"] = f"{nll / count:.6f}"
+    return row
+
+
+def save_checkpoint(run: Run, state: TrainState) -> None:
+    saved = state.to_dict(run)
+    if run.env.main:
+        checkpoint.save_rotating(run.outputs.checkpoints, saved, run.params.keep_checkpoints)
+    if run.env.world > 1:
+        dist.barrier()
+
+
+def finish(run: Run, state: TrainState) -> Path:
+    """Copy the live metrics.csv beside the model, then write the final model.pt."""
+    with atomic_path(run.outputs.metrics) as tmp:
+        tmp.write_bytes((run.outputs.checkpoints / "metrics.csv").read_bytes())
+    final = run.outputs.model
+    checkpoint.save({"model": state.model.state_dict(), "model_config": run.model_cfg.to_dict(),
+                     "train_config": asdict(run.params), "step": state.step, "tokens": state.tokens}, final)
+    print(f"wrote {final} after {state.step} steps, {state.tokens:,} tokens", file=sys.stderr)
+    return final
+
+
+# --- the loop --------------------------------------------------------------------
+
+
+def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainParams,
+          resume_from: Path | None = None, init_from: Path | None = None,
+          on_step: Callable[[int], None] | None = None) -> Path | None:
     """Train, or resume from the newest checkpoint (or `resume_from`); write the final model and metrics.
 
-    `init_from` starts a new run from the weights of a model.pt. `stop_after`
-    ends the call after that many steps, as a crash would (tests use it).
+    `init_from` starts a new run from the weights of a model.pt. `on_step(step)`
+    is called after every optimizer step (and its checkpoint): an exception
+    it raises ends the run as a crash would. Returns the model path (rank 0).
     """
-    if threads:
-        torch.set_num_threads(threads)
-    env = init_distributed(device)
+    set_threads(params.threads)
+    env = init_distributed(params.device)
     try:
-        return _train(Path(manifest), outputs, model_cfg, cfg, env, stop_after, resume_from, init_from)
+        run = setup(Path(shards), outputs, model_cfg, params, env)
+        state = build_state(run)
+        resume(run, state, resume_from, init_from)
+        net = compiled(run, state.model)
+        metrics = MetricsLog(outputs.checkpoints / "metrics.csv", state.step) if env.main else None
+
+        p = run.params
+        losses, started = [], time.perf_counter()
+        bar = tqdm(total=p.steps, initial=state.step, desc="train", unit="step", mininterval=5, disable=not env.main)
+        try:
+            while state.step < p.steps:
+                loss, grad_norm, lr = train_step(run, net, state)
+                losses.append(loss)
+                bar.update(1)
+                last = state.step == p.steps
+                if state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last:
+                    row = metrics_row(run, state, losses, time.perf_counter() - started, lr, grad_norm)
+                    if env.main:
+                        metrics.append(row)
+                        bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
+                    losses, started = [], time.perf_counter()
+                if state.step % p.checkpoint_every == 0 or last:
+                    save_checkpoint(run, state)
+                if on_step is not None:
+                    on_step(state.step)
+        finally:
+            bar.close()  # before any error line, so the error is the last line of the log
+        return finish(run, state) if env.main else None
     finally:
         if env.world > 1:
             dist.destroy_process_group()
 
 
-def _accumulation(cfg: TrainConfig, seq_len: int, world: int) -> int:
-    per_pass = cfg.micro_batch * seq_len * world
-    if cfg.batch_tokens == 0:
-        return 1
-    if cfg.batch_tokens % per_pass:
-        raise UserError(f"train.batch_tokens ({cfg.batch_tokens}) must be a multiple of micro_batch x seq_len x "
-                        f"processes = {cfg.micro_batch} x {seq_len} x {world} = {per_pass}")
-    return cfg.batch_tokens // per_pass
-
-
-def _train(manifest: Path, outputs: Outputs, model_cfg: GPTConfig, cfg: TrainConfig, env: Dist,
-           stop_after: int | None, resume_from: Path | None, init_from: Path | None) -> Path | None:
-    accum = _accumulation(cfg, model_cfg.seq_len, env.world)
-    if cfg.batch_tokens == 0:
-        cfg = replace(cfg, batch_tokens=cfg.micro_batch * model_cfg.seq_len * env.world)
-    check_vocab(manifest)
-    train_stream, test_stream = TokenStream(manifest, "train"), TokenStream(manifest, "test")
-    if train_stream.manifest["vocab_size"] != model_cfg.vocab_size:
-        raise UserError(f"model vocab_size {model_cfg.vocab_size} != shards' {train_stream.manifest['vocab_size']}")
-    batches = Batches(train_stream, model_cfg.seq_len, cfg.batch_tokens // model_cfg.seq_len, cfg.seed)
-    ckpt_dir = outputs.checkpoints
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(env.device)
-    model.grad_ckpt = cfg.grad_ckpt
-    cuda = env.device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  fused=cuda)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-
-    state = load_checkpoint(resume_from) if resume_from else load_latest(ckpt_dir)
-    step = tokens = 0
-    if state is not None:
-        _check_same_run(state, model_cfg, cfg, ckpt_dir)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, tokens = state["step"], state["tokens"]
-        restore_rng(state["rng"], env)
-    else:
-        if init_from is not None:
-            _init_weights(model, init_from)
-        torch.manual_seed(cfg.seed + env.rank)
-    metrics = MetricsLog(ckpt_dir / "metrics.csv", step) if env.main else None
-
-    net = DistributedDataParallel(model) if env.world > 1 else model
-    if cfg.compile == "on" or (cfg.compile == "auto" and cuda):
-        net = torch.compile(net)
-    bf16 = use_bf16(cfg.amp, env.device)
-    # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through.
-    scaler = torch.amp.GradScaler(env.device.type, enabled=bf16 and half_dtype(env.device) == torch.float16)
-    if state is not None and "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-
-    first_step, window_loss, window_start = step, [], time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", mininterval=5, disable=not env.main)
+def model_config(shards: Path, arch: Architecture, params: TrainParams) -> GPTConfig:
+    """The model's shape: the architecture, seq_len/rate/dropout of the training settings, the shards' vocabulary."""
+    vocab_size = json.loads(Path(shards).read_text())["vocab_size"]
     try:
-        while step < cfg.steps:
-            seqs = batches.indices(step)
-            loss_sum = torch.zeros((), device=env.device)
-            for micro in range(accum):
-                lo = (micro * env.world + env.rank) * cfg.micro_batch
-                x, y = batches.tensor(seqs[lo: lo + cfg.micro_batch], env.device)
-                sync = micro == accum - 1 or env.world == 1
-                with _maybe_no_sync(net, sync), autocast(env.device, bf16):
-                    _, loss, _ = net(x, y)
-                scaler.scale(loss / accum).backward()
-                loss_sum += loss.detach() / accum
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            train_loss = all_mean(loss_sum, env)
-            if not math.isfinite(train_loss) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
-                raise UserError(f"non-finite loss ({train_loss}) at step {step + 1}; the last good checkpoint in "
-                                f"{ckpt_dir} is kept -- lower train.lr or check the data")
-            lr = scheduler.get_last_lr()[0]
-            scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, tokens = step + 1, tokens + cfg.batch_tokens
-            window_loss.append(train_loss)
-            bar.update(1)
-
-            if step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                row = {"step": step, "tokens": tokens, "train_loss": f"{sum(window_loss) / len(window_loss):.6f}",
-                       "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}",
-                       "tokens_per_second": f"{len(window_loss) * cfg.batch_tokens / (now - window_start):.1f}"}
-                if env.main and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    nll, count = stream_nll(model, test_stream, model_cfg.seq_len, cfg.batch_eval, env.device,
-                                            limit=cfg.eval_tokens, bf16=bf16)
-                    row["eval_loss"] = f"{nll / count:.6f}"
-                if env.main:
-                    metrics.append(row)
-                    bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
-                window_loss, window_start = [], time.perf_counter()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-                _checkpoint(ckpt_dir, parts, step, tokens, model_cfg, cfg, env)
-            if stop_after is not None and step - first_step >= stop_after and step < cfg.steps:
-                return None
-    finally:
-        bar.close()  # before any error line, so the error is the last line of the log
-    if not env.main:
-        return None
-    return _finish(outputs, model, step, tokens, model_cfg, cfg)
+        return GPTConfig(vocab_size, params.seq_len, arch.layers, arch.heads, arch.dims, params.rate, params.dropout)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
-def _checkpoint(folder, parts: dict, step, tokens, model_cfg, cfg, env) -> None:
-    """Save the state_dict of each of `parts` (model, optimizer, scheduler, scaler) with step and RNG."""
-    rng = rng_states(env)  # every rank takes part in the gather
-    if env.main:
-        save_checkpoint(folder, {name: part.state_dict() for name, part in parts.items()} | {
-            "step": step, "tokens": tokens, "rng": rng, "model_config": model_cfg.to_dict(),
-            "train_config": asdict(cfg)}, cfg.keep_checkpoints)
-    if env.world > 1:
-        dist.barrier()
-
-
-def _finish(outputs: Outputs, model, step, tokens, model_cfg, cfg) -> Path:
-    with atomic_path(outputs.metrics) as tmp:
-        tmp.write_bytes((outputs.checkpoints / "metrics.csv").read_bytes())
-    final = outputs.model
-    save_state({"model": model.state_dict(), "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
-                "step": step, "tokens": tokens}, final)
-    print(f"wrote {final} after {step} steps, {tokens:,} tokens", file=sys.stderr)
-    return final
-
-
-def _check_same_run(state: dict, model_cfg: GPTConfig, cfg: TrainConfig, folder: Path) -> None:
-    diffs = [k for k in TrainConfig.TRAJECTORY if state["train_config"].get(k) != getattr(cfg, k)]
-    diffs += [k for k, v in model_cfg.to_dict().items() if state["model_config"].get(k) != v]
-    if diffs:
-        raise UserError(f"checkpoints in {folder} come from a run with other {', '.join(diffs)}; "
-                        "restore those settings to resume, or delete the folder to start over")
-
-
-def _maybe_no_sync(net, sync: bool):
-    # DDP all-reduces gradients only on the last micro-batch of a step.
-    return net.no_sync() if not sync and hasattr(net, "no_sync") else contextlib.nullcontext()
+def train_command(save_model_path: Path, save_checkpoint_path: Path | None, shards: Path | None,
+                  train_corpus: Path | None, eval_corpus: Path | None, vocab_path: Path | None,
+                  from_checkpoint: Path | None, from_pretrained: Path | None, arch: Architecture,
+                  params: TrainParams) -> None:
+    """`python -m gpt2 train`: resolve the corpora (sharding text files once), then train."""
+    checkpoints = save_checkpoint_path or save_model_path.parent / "checkpoints"
+    if params.gpus:
+        require_gpus(params.gpus)
+        params = replace(params, device="cuda")
+    # Shard text corpora before any relaunch, so the torchrun processes all find the shards made.
+    manifest = manifest_for(shards, train_corpus, eval_corpus, vocab_path, checkpoints / "shards", need_train=True)
+    if params.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        relaunch_under_torchrun(params.gpus)
+    train(manifest, Outputs(save_model_path, checkpoints), model_config(manifest, arch, params), params,
+          resume_from=from_checkpoint, init_from=from_pretrained)

@@ -1,0 +1,378 @@
+"""Every setting of the workflow and of `python -m gpt2`, declared once.
+
+A setting is one dataclass field: its name, type, default, one line of help
+and its allowed range. Each config section (`dump:`, `corpus:`, ...) is one
+dataclass. Everything else is derived from these declarations:
+
+- `config.yaml` and `schemas/config.schema.yaml` are rendered from them
+  (`python -m gpt2 write-config`; a test checks the committed files),
+- the flags of `python -m gpt2 <command>` (cli.py),
+- the flags the Snakemake rules pass (`cli_flags`),
+- the stage functions take the dataclasses, so no signature repeats a default.
+
+`where` says who sees a field: "both" (config key and flag), "config" (the
+workflow or the job scheduler only) or "cli" (a command-line option only).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import shlex
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gpt2 import UserError
+
+Switch = Literal["auto", "on", "off"]
+
+
+def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+          above: float | None = None, below: float | None = None, pattern: str | None = None,
+          aliases: tuple[str, ...] = (), where: str = "both", trajectory: bool = False) -> Any:
+    """A dataclass field carrying its help, range and CLI aliases.
+
+    `above`/`below` are exclusive bounds; `trajectory` marks training settings
+    that change the run's path, so a checkpoint only resumes a run that agrees.
+    """
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "above": above, "below": below,
+            "pattern": pattern, "aliases": aliases, "where": where, "trajectory": trajectory}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --- the config sections -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DumpParams:
+    """The Wikipedia dump.
+    sample: the real (shortened) English Wikipedia dump shipped in the gensim
+            wheel -- offline, 206 pages, the default.
+    url:    download dump.url (HTTP range resume, retries, checksum check).
+    path:   a dump you already have on disk (dump.path)."""
+
+    source: Literal["sample", "url", "path"] = param("sample", "where the dump comes from: sample, url or path")
+    url: str = param("https://dumps.wikimedia.org/enwiki/20240801/"
+                     "enwiki-20240801-pages-articles-multistream1.xml-p1p41242.bz2", "dump URL for source url")
+    path: str = param("", "a local .xml.bz2 for source path")
+    name: str = param("", "stored as resources/dumps/<name>.xml.bz2; empty: from the URL or file name "
+                          "(enwiki-sample for the sample)", pattern="^[A-Za-z0-9._-]*$", where="config")
+    sha1: str = param("", "expected sha1; empty with source url: the published <wiki>-<date>-sha1sums.txt",
+                      pattern="^([0-9a-f]{40})?$")
+    md5: str = param("", "expected md5", pattern="^([0-9a-f]{32})?$")
+    verify: bool = param(True, "check checksums (false skips every check)")
+    retries: int = param(5, "download attempts after the first, with backoff", minimum=0, maximum=100)
+    timeout_s: float = param(60.0, "per-request connect/read timeout in seconds", above=0)
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    """The corpus expanda builds from the dump."""
+
+    vocab_size: int = param(8000, "WordPiece vocabulary incl. <unk> <s> </s> <pad>", minimum=100, maximum=65535)
+    limit_alphabet: int = param(1000, "most distinct characters WordPiece keeps", minimum=1)
+    min_length: int = param(50, "sentences shorter than this (characters) are dropped", minimum=0)
+    max_length: int = param(1000, "sentences longer than this (characters) are dropped", minimum=1)
+    split_ratio: float = param(0.1, "fraction of lines held out as corpus.test.txt", above=0, below=1)
+    seed: int = param(0, "seeds expanda's shuffle: the same dump gives the same corpus", minimum=0)
+    threads: int = param(2, "expanda worker processes (capped by --cores)", minimum=1, maximum=256)
+
+
+@dataclass(frozen=True)
+class ShardsParams:
+    """The uint16 token shards."""
+
+    shard_tokens: int = param(10_000_000, "token ids per .bin file (2 bytes each)", minimum=1024)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One model architecture; the defaults are GPT-2 small."""
+
+    layers: int = param(12, "transformer blocks", minimum=1)
+    heads: int = param(12, "attention heads (must divide dims)", minimum=1)
+    dims: int = param(768, "hidden size", minimum=1)
+
+
+# The architectures under `models:`, picked by the {model} in results/eval_{model}.json.
+DEFAULT_MODEL = "small"
+MODELS = {
+    "tiny": Architecture(layers=2, heads=2, dims=64),
+    DEFAULT_MODEL: Architecture(),
+    "medium": Architecture(layers=24, heads=16, dims=1024),
+    "large": Architecture(layers=36, heads=20, dims=1280),
+    "xl": Architecture(layers=48, heads=25, dims=1600),
+}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where and how the computation runs (training and evaluation)."""
+
+    amp: Switch = param("auto", "bf16 autocast: auto = CUDA and CPUs with native bf16 (AVX512-BF16/AMX); on; off",
+                        aliases=("--use_amp=on",), trajectory=True)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "auto (CUDA if torch sees one), cpu or cuda",
+                                                   aliases=("--use_gpu=cuda",))
+    threads: int = param(2, "CPU threads per process (torch.set_num_threads)", minimum=1, maximum=1024)
+
+
+@dataclass(frozen=True)
+class TrainParams(Hardware):
+    """The training budget, shared by every model. The defaults train `small` on a
+    2-core CPU within `make run`'s ten minutes; on GPUs raise steps/batch_tokens."""
+
+    seq_len: int = param(128, "context length in tokens", minimum=2, maximum=65536)
+    rate: int = param(4, "MLP width = rate x dims", minimum=1)
+    dropout: float = param(0.0, "dropout rate", minimum=0, below=1)
+    steps: int = param(300, "optimizer steps in total", minimum=1, aliases=("--total_steps",), trajectory=True)
+    batch_tokens: int = param(512, "global batch per optimizer step in tokens, a multiple of micro_batch x seq_len "
+                                   "x processes (0: one micro-batch per process)", minimum=0, trajectory=True)
+    micro_batch: int = param(4, "sequences per forward pass per process; accumulation fills the batch", minimum=1,
+                             aliases=("--batch_train",))
+    batch_eval: int = param(16, "sequences per forward pass in the periodic evaluation", minimum=1)
+    lr: float = param(0.001, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
+    min_lr_ratio: float = param(0.1, "cosine decay ends at lr x this", minimum=0, maximum=1, trajectory=True)
+    warmup_steps: int = param(20, "linear warmup steps", minimum=0, trajectory=True)
+    weight_decay: float = param(0.1, "AdamW weight decay (not on norms, biases, embeddings)", minimum=0,
+                                aliases=("--wd_rate",), trajectory=True)
+    beta1: float = param(0.9, "AdamW beta1", minimum=0, below=1, trajectory=True)
+    beta2: float = param(0.95, "AdamW beta2", minimum=0, below=1, trajectory=True)
+    grad_clip: float = param(1.0, "clip the global gradient norm to this", above=0, trajectory=True)
+    seed: int = param(1337, "seed of initialisation, data order and dropout", minimum=0, trajectory=True)
+    eval_every: int = param(100, "held-out evaluation every N steps ...", minimum=1, aliases=("--eval_steps",))
+    eval_tokens: int = param(4096, "... on this many tokens from the start of the test split", minimum=2)
+    log_every: int = param(10, "a metrics.csv row every N steps", minimum=1)
+    checkpoint_every: int = param(100, "checkpoint every N steps", minimum=1, aliases=("--save_steps",))
+    keep_checkpoints: int = param(2, "newest checkpoints kept", minimum=1)
+    compile: Switch = param("auto", "torch.compile: auto = on for CUDA, off on CPU")
+    grad_ckpt: bool = param(False, "activation checkpointing (saves memory, costs ~30% time)",
+                            aliases=("--use_grad_ckpt=true",))
+    gpus: int = param(0, "GPUs per node; > 1 launches torchrun DDP with one process per GPU", minimum=0,
+                      maximum=1024)
+    nodes: int = param(1, "> 1 (SLURM): srun starts torchrun on each node, rendezvous on the first", minimum=1,
+                       maximum=4096, where="config")
+    mem_mb: int = param(16000, "memory per job for schedulers (SLURM)", minimum=100, where="config")
+    runtime: int = param(60, "minutes per job for schedulers (SLURM)", minimum=1, where="config")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The final test-set evaluation."""
+
+    batch_size: int = param(16, "sequences per forward pass", minimum=1, aliases=("--batch_eval",))
+    max_batches: int = param(0, "score only the first N batches (0 or less: the whole test split)",
+                             aliases=("--total_steps",), where="cli")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """What `make report` puts in the Snakemake HTML report."""
+
+    models: list[str] = param([DEFAULT_MODEL], "models shown (their eval JSONs are built if missing)",
+                              where="config")
+    prompts: list[str] = param(["The history of", "In mathematics,", "The city is located"],
+                               "fixed prompts for the seeded text samples")
+    sample_tokens: int = param(40, "new tokens per sample", minimum=1, maximum=1024)
+    seed: int = param(0, "seed of the first sample (the i-th prompt uses seed + i)", minimum=0)
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    """Sampling for `python -m gpt2 generate` (command line only)."""
+
+    max_tokens: int = param(64, "new tokens at most", minimum=1, where="cli")
+    temperature: float = param(1.0, "0 = greedy", minimum=0, where="cli")
+    top_k: int = param(0, "sample among the k likeliest tokens (0: off)", minimum=0, where="cli")
+    top_p: float = param(0.85, "nucleus sampling: the smallest set of tokens reaching this probability",
+                         above=0, maximum=1, aliases=("--nucleus_prob",), where="cli")
+    seed: int = param(0, "sampling seed (the i-th prompt uses seed + i)", minimum=0, where="cli")
+
+
+SECTIONS: dict[str, type] = {"dump": DumpParams, "corpus": CorpusParams, "shards": ShardsParams,
+                             "train": TrainParams, "evaluate": EvaluateParams, "report": ReportParams}
+
+# The reference GPT-2 repo's defaults, applied only with `--reference_defaults`.
+# batch_tokens 0: the reference has no gradient accumulation.
+REFERENCE_DEFAULTS = {"seq_len": 64, "layers": 12, "heads": 16, "dims": 1024, "dropout": 0.1, "micro_batch": 64,
+                      "batch_tokens": 0, "batch_eval": 64, "lr": 1e-4, "weight_decay": 1e-2, "steps": 1_000_000,
+                      "eval_every": 500, "checkpoint_every": 1000, "batch_size": 64}
+
+
+# --- reading the declarations ----------------------------------------------------
+
+
+def settings(cls: type, where: tuple[str, ...] = ("both", "config", "cli")) -> list[dataclasses.Field]:
+    """The fields of a params class seen from `where`, with their resolved types in `.type`."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata["where"] in where:
+            f.type = hints[f.name]
+            out.append(f)
+    return out
+
+
+def default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def choices(kind: Any) -> tuple | None:
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+
+def from_values(cls: type, values: dict) -> Any:
+    """An instance from a dict (a config section or parsed flags); keys it lacks keep their defaults."""
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def cli_flags(cls: type, values: dict, skip: tuple[str, ...] = ()) -> str:
+    """`--name value` for every field a command takes (but `skip`), shell-quoted: what a rule passes."""
+    out = []
+    for f in settings(cls, ("both",)):
+        if f.name in skip:
+            continue
+        value = values[f.name]
+        items = value if isinstance(value, list) else [value]
+        words = ["true" if v is True else "false" if v is False else str(v) for v in items]
+        out.append(" ".join([f"--{f.name}"] + [shlex.quote(w) for w in words]))
+    return " ".join(out)
+
+
+def accumulation(params: TrainParams, processes: int) -> int:
+    """Micro-batches per process per optimizer step: batch_tokens must be whole passes of all processes."""
+    per_pass = params.micro_batch * params.seq_len * processes
+    if params.batch_tokens == 0:
+        return 1
+    if params.batch_tokens % per_pass:
+        raise UserError(f"train.batch_tokens = {params.batch_tokens} is not a multiple of micro_batch x seq_len x "
+                        f"processes = {params.micro_batch} x {params.seq_len} x {processes} = {per_pass}")
+    return params.batch_tokens // per_pass
+
+
+def check_ranges(instance: Any) -> None:
+    """The declared ranges, for values that come from flags (config values meet them through the schema)."""
+    bounds = {"minimum": (">=", lambda v, b: v >= b), "maximum": ("<=", lambda v, b: v <= b),
+              "above": (">", lambda v, b: v > b), "below": ("<", lambda v, b: v < b)}
+    for f in settings(type(instance), ("both", "cli")):
+        value = getattr(instance, f.name)
+        aliases = [a for a in f.metadata["aliases"] if "=" not in a]
+        flag = f"--{f.name}" + (f" ({', '.join(aliases)})" if aliases else "")
+        for key, (sign, ok) in bounds.items():
+            if f.metadata[key] is not None and not ok(value, f.metadata[key]):
+                raise UserError(f"{flag} {value} is out of range (must be {sign} {f.metadata[key]})")
+        if f.metadata["pattern"] and not re.fullmatch(f.metadata["pattern"], value):
+            raise UserError(f"{flag} {value!r} does not match {f.metadata['pattern']}")
+
+
+def trajectory_keys(cls: type = TrainParams) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["trajectory"])
+
+
+# --- the JSON schema and config.yaml, rendered ---------------------------------------------
+
+
+def _json_type(kind: Any) -> dict:
+    if choices(kind):
+        return {"enum": list(choices(kind))}
+    if typing.get_origin(kind) is list:
+        return {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+    return {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[kind]}
+
+
+def field_schema(f: dataclasses.Field) -> dict:
+    """JSON Schema of one field: type, range, pattern, default."""
+    schema = _json_type(f.type)
+    if choices(f.type) == typing.get_args(Switch):
+        schema["enum"] += [True, False]  # YAML reads a bare on/off as a boolean
+    names = {"minimum": "minimum", "maximum": "maximum", "above": "exclusiveMinimum", "below": "exclusiveMaximum",
+             "pattern": "pattern"}
+    schema.update({names[k]: f.metadata[k] for k in names if f.metadata[k] is not None})
+    schema["default"] = default(f)
+    schema["description"] = f.metadata["help"]
+    return schema
+
+
+def section_schema(cls: type) -> dict:
+    props = {f.name: field_schema(f) for f in settings(cls, ("both", "config"))}
+    return {"type": "object", "additionalProperties": False, "default": {}, "properties": props}
+
+
+def config_schema() -> dict:
+    """The JSON Schema config.yaml is validated against."""
+    arch = section_schema(Architecture)
+    arch.pop("default")
+    arch["required"] = list(arch["properties"])
+    for prop in arch["properties"].values():
+        prop.pop("default")
+    models = {"type": "object", "description": "name -> architecture; the name is the {model} wildcard.",
+              "default": {name: dataclasses.asdict(a) for name, a in MODELS.items()},
+              "propertyNames": {"pattern": "^[A-Za-z0-9_-]+$"}, "additionalProperties": arch}
+    props = {name: section_schema(cls) for name, cls in SECTIONS.items()}
+    props = {**{k: props[k] for k in ("dump", "corpus", "shards")}, "models": models,
+             **{k: props[k] for k in ("train", "evaluate", "report")}}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "Configuration of the GPT-2-on-Wikipedia workflow, rendered from src/gpt2/params.py.",
+            "type": "object", "additionalProperties": False, "properties": props}
+
+
+def _yaml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        plain = value and value not in ("on", "off", "yes", "no", "true", "false") and all(
+            c.isalnum() or c in "._-/:" for c in value) and not value[0].isdigit()
+        return value if plain else json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _comment(text: str, indent: str = "") -> list[str]:
+    return [f"{indent}# {line.strip()}".rstrip() for line in text.strip().splitlines()]
+
+
+def render_config_yaml() -> str:
+    """config.yaml: every default with its help as a comment."""
+    lines = _comment("Defaults for the whole workflow, rendered from src/gpt2/params.py by "
+                     "`python -m gpt2 write-config`\n(edit the declarations there, not this file). Override any key "
+                     "with --config key=value\nor --configfile my.yaml; schemas/config.schema.yaml lists the ranges.")
+    for name, cls in SECTIONS.items():
+        if name == "train":
+            lines += ["", *_comment("Architectures, picked by the {model} in results/eval_{model}.json.\n"
+                                    "Add your own name with layers/heads/dims (heads must divide dims)."), "models:"]
+            lines += [f"  {m}: {{" + ", ".join(f"{k}: {v}" for k, v in dataclasses.asdict(a).items()) + "}"
+                      for m, a in MODELS.items()]
+        lines += ["", *_comment(cls.__doc__), f"{name}:"]
+        for f in settings(cls, ("both", "config")):
+            entry = f"  {f.name}: {_yaml_value(default(f))}"
+            lines.append(f"{entry:<34} # {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+def render_schema_yaml() -> str:
+    import yaml
+
+    head = "# Rendered from src/gpt2/params.py by `python -m gpt2 write-config`; do not edit.\n"
+    return head + yaml.safe_dump(config_schema(), sort_keys=False, width=110, allow_unicode=True)
+
+
+def write_config(root: Path, check: bool) -> None:
+    """Write (or with `check`, compare) config.yaml and the schema under `root`."""
+    files = {Path(root) / "config.yaml": render_config_yaml(),
+             Path(root) / "schemas" / "config.schema.yaml": render_schema_yaml()}
+    for path, text in files.items():
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                raise UserError(f"{path} is out of date with src/gpt2/params.py: run `python -m gpt2 write-config`")
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}", file=sys.stderr)
