@@ -158,7 +158,7 @@ COMMANDS = {
         Arg("chromium", "the Chromium binary Playwright drives", str, default="/usr/bin/chromium"))),
     "write-config": Command("gpt2.params:write_config", "render config.yaml and schemas/config.schema.yaml from "
                             "src/gpt2/params.py", (
-        _file("root", "the repository to write into", default=Path(".")),
+        _file("root", "the repository to write into (its config.yaml and schemas/)", required=True),
         Arg("check", "only check that the files are up to date", None, default=False,
             options={"action": "store_true"}))),
 }

@@ -5,7 +5,7 @@ and its allowed range. Each config section (`dump:`, `corpus:`, ...) is one
 dataclass. Everything else is derived from these declarations:
 
 - `config.yaml` and `schemas/config.schema.yaml` are rendered from them
-  (`python -m gpt2 write-config`; a test checks the committed files),
+  (`python -m gpt2 write-config --root .`; a test checks the committed files),
 - the flags of `python -m gpt2 <command>` (cli.py),
 - the flags the Snakemake rules pass (`cli_flags`),
 - the stage functions take the dataclasses, so no signature repeats a default.
@@ -342,7 +342,7 @@ def _comment(text: str, indent: str = "") -> list[str]:
 def render_config_yaml() -> str:
     """config.yaml: every default with its help as a comment."""
     lines = _comment("Defaults for the whole workflow, rendered from src/gpt2/params.py by "
-                     "`python -m gpt2 write-config`\n(edit the declarations there, not this file). Override any key "
+                     "`python -m gpt2 write-config --root .`\n(edit the declarations there, not this file). Override any key "
                      "with --config key=value\nor --configfile my.yaml; schemas/config.schema.yaml lists the ranges.")
     for name, cls in SECTIONS.items():
         if name == "train":
@@ -360,7 +360,7 @@ def render_config_yaml() -> str:
 def render_schema_yaml() -> str:
     import yaml
 
-    head = "# Rendered from src/gpt2/params.py by `python -m gpt2 write-config`; do not edit.\n"
+    head = "# Rendered from src/gpt2/params.py by `python -m gpt2 write-config --root .`; do not edit.\n"
     return head + yaml.safe_dump(config_schema(), sort_keys=False, width=110, allow_unicode=True)
 
 
@@ -371,7 +371,8 @@ def write_config(root: Path, check: bool) -> None:
     for path, text in files.items():
         if check:
             if not path.is_file() or path.read_text() != text:
-                raise UserError(f"{path} is out of date with src/gpt2/params.py: run `python -m gpt2 write-config`")
+                raise UserError(f"{path} is out of date with src/gpt2/params.py: "
+                                "run `python -m gpt2 write-config --root .`")
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
