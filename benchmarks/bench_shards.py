@@ -34,13 +34,14 @@ def main() -> None:
 
     def ours() -> int:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):  # its progress bars
-            manifest = make_shards(vocab, train, test, out / "ours", ShardsParams())
+            # Every line a document, as the baseline encodes them; the test lines serve as validation split too.
+            manifest = make_shards(vocab, train, test, test, None, None, out / "ours", ShardsParams())
         tokens["ours"] = np.concatenate(TokenStream(out / "ours/manifest.json", "train").parts)
-        return manifest["splits"]["train"]["tokens"] + manifest["splits"]["test"]["tokens"]
+        return sum(split["tokens"] for split in manifest["splits"].values())
 
     def wordpiece() -> int:
         total = 0
-        for name, path in (("train", train), ("test", test)):
+        for name, path in (("train", train), ("valid", test), ("test", test)):
             lines = path.read_text(encoding="utf-8").splitlines()
             ids = np.fromiter((i for enc in baseline.encode_batch(lines) for i in [*enc.ids, eos]), dtype="<u2")
             ids.tofile(out / f"{name}.bin")

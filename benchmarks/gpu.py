@@ -23,7 +23,8 @@ H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100/H200 SXM
 
 def build(kind: str, vocab: int, seq: int, device: torch.device):
     if kind == "ours":
-        return GPT(GPTConfig(vocab_size=vocab, seq_len=seq, layers=12, heads=12, dims=768, rate=4, dropout=0.0)).to(device)
+        cfg = GPTConfig(vocab_size=vocab, seq_len=seq, layers=12, heads=12, dims=768, rate=4, dropout=0.0)
+        return GPT(cfg).to(device)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=768, n_layer=12, n_head=12, resid_pdrop=0.0,

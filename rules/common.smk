@@ -45,6 +45,15 @@ else:
 DUMP_NAME = dump_name(from_values(DumpParams, config["dump"]))
 DUMP = f"resources/dumps/{DUMP_NAME}.xml.bz2"
 DUMP_INFO = f"resources/dumps/{DUMP_NAME}.json"
+# Unit article: expanda's sidecar says which article each block of lines came from.
+ARTICLES = (
+    {"articles": "results/corpus/corpus.articles.tsv"}
+    if config["corpus"]["unit"] == "article"
+    else {}
+)
+INPUT_VOCAB = (
+    [config["corpus"]["input_vocab"]] if config["corpus"]["input_vocab"] else []
+)
 MODELS = config["models"]
 TRAIN = config["train"]
 REPORT_MODELS = config["report"]["models"]
@@ -62,6 +71,10 @@ def dump_flags():
         "path": d["path"] if d["source"] == "path" else "",
     }
     return cli_flags(DumpParams, {**d, **unused})
+
+
+def articles_flag(wildcards, input):
+    return f"--articles {input.articles}" if ARTICLES else ""
 
 
 def arch_flags(wildcards):

@@ -21,10 +21,13 @@ rule build_corpus:
         dump=DUMP,
         info=DUMP_INFO,
         expanda="results/expanda",
+        reuse=INPUT_VOCAB,
     output:
+        **ARTICLES,
         vocab="results/corpus/vocab.txt",
         raw="results/corpus/corpus.raw.txt",
         train="results/corpus/corpus.train.txt",
+        valid="results/corpus/corpus.valid.txt",
         test="results/corpus/corpus.test.txt",
     log:
         "results/logs/build_corpus.log",

@@ -3,12 +3,16 @@
 
 rule make_shards:
     input:
+        **ARTICLES,
         vocab="results/corpus/vocab.txt",
         train="results/corpus/corpus.train.txt",
+        valid="results/corpus/corpus.valid.txt",
         test="results/corpus/corpus.test.txt",
+        raw="results/corpus/corpus.raw.txt",
     output:
         manifest="results/shards/manifest.json",
         train=directory("results/shards/train"),
+        valid=directory("results/shards/valid"),
         test=directory("results/shards/test"),
     log:
         "results/logs/make_shards.log",
@@ -18,6 +22,8 @@ rule make_shards:
         "../envs/train.yaml"
     params:
         flags=cli_flags(ShardsParams, config["shards"]),
+        articles=articles_flag,
     shell:
         "python -m gpt2 make-shards --vocab_path {input.vocab} --train_corpus {input.train}"
-        " --test_corpus {input.test} --out results/shards {params.flags} 2> {log}"
+        " --valid_corpus {input.valid} --test_corpus {input.test} --raw_corpus {input.raw}"
+        " {params.articles} --out results/shards {params.flags} 2> {log}"

@@ -7,7 +7,7 @@ rule train:
     input:
         manifest="results/shards/manifest.json",
         train="results/shards/train",
-        test="results/shards/test",
+        valid="results/shards/valid",
     output:
         model="results/train/{model}/model.pt",
         metrics="results/train/{model}/metrics.csv",

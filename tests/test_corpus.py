@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import bz2
+import csv
+import hashlib
 import importlib.util
 import json
+import math
 import re
 import shutil
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, snakemake, write_dump
 from gpt2 import UserError
-from gpt2.corpus import CORPUS_FILES, _run_expanda, installed_expanda, patch_expanda, render_config
+from gpt2.corpus import _run_expanda, corpus_files, installed_expanda, patch_expanda, render_config
 from gpt2.params import CorpusParams
 from gpt2.vocab import SPECIALS
 
-CORPUS = [f"results/corpus/{name}" for name in CORPUS_FILES]
+CORPUS = [f"results/corpus/{name}" for name in corpus_files("article")]
+# sha256 of corpus.raw.txt that expanda 1.3.1 (patches 0001-0004 only) built from the sample with seed 0 and
+# 2 threads, recorded before the article-level patches were written.
+SENTENCE_RAW_SHA256 = "0912856dc684f7dd7f239a27077a511c2ed154fd1730079c51911f222540f12e"
 
 # Korean text written for this test: short encyclopedic sentences about cities
 # and nature, enough for kss to split and WordPiece to learn from.
@@ -54,7 +63,7 @@ def test_site_packages_untouched_and_copy_patched(sample_run):
     original = (installed_expanda() / "tokenization.py").read_text().splitlines()
     assert original[82] == "    tokenizer.train(trainer, [subset_file])"
     patched = (sample_run / "results/expanda/expanda/tokenization.py").read_text().splitlines()
-    assert patched[82] == "    tokenizer.train([subset_file], trainer)"
+    assert "    tokenizer.train([subset_file], trainer)" in patched and original[82] not in patched
     wiki = (sample_run / "results/expanda/expanda/ext/wikipedia.py").read_text()
     assert "nltk.download" not in wiki and "punkt.tokenizer_for('english')" in wiki
     applied = json.loads((sample_run / "results/expanda/patches.json").read_text())
@@ -65,10 +74,13 @@ def test_sample_corpus_is_valid_and_cached(sample_run):
     files = {Path(f).name: sample_run / f for f in CORPUS}
     vocab = files["vocab.txt"].read_text(encoding="utf-8").splitlines()
     assert tuple(vocab[:4]) == SPECIALS and len(vocab) == 8000 and len(set(vocab)) == len(vocab)
-    train = files["corpus.train.txt"].read_text(encoding="utf-8").splitlines()
-    test = files["corpus.test.txt"].read_text(encoding="utf-8").splitlines()
-    raw = files["corpus.raw.txt"].read_text(encoding="utf-8").splitlines()
-    assert len(train) + len(test) == len(raw) and 0.08 < len(test) / len(raw) < 0.12
+    train, valid, test, raw = (files[f"corpus.{n}.txt"].read_text(encoding="utf-8").splitlines()
+                               for n in ("train", "valid", "test", "raw"))
+    assert len(train) + len(valid) + len(test) == len(raw)
+    splits = [row["split"] for row in _articles(sample_run)]
+    assert splits == sorted(splits, key=["test", "valid", "train"].index)  # the order of corpus.raw.txt
+    ratios = (0.1, 0.05)  # corpus.split_ratio and corpus.valid_ratio, of the articles
+    assert (splits.count("test"), splits.count("valid")) == tuple(math.ceil(r * len(splits)) for r in ratios)
     known = set(vocab)
     tokens = [t for line in train[:500] for t in line.split()]
     assert len(tokens) > 5000 and sum(t in known for t in tokens) / len(tokens) > 0.99
@@ -182,3 +194,122 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, config, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def _articles(work: Path) -> list[dict]:
+    with open(work / "results/corpus/corpus.articles.tsv", encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def _article_lines(work: Path) -> list[tuple[dict, list[str]]]:
+    """Each sidecar row with its lines of corpus.raw.txt (the test, valid and train blocks, in order)."""
+    raw = iter((work / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines())
+    return [(row, [next(raw) for _ in range(int(row["lines"]))]) for row in _articles(work)]
+
+
+def _dump_pages(dump: Path, expanda: Path) -> dict[str, tuple[str, str]]:
+    """page id -> (title, text as expanda's own cleaner leaves it) of the dump's main-namespace articles."""
+    sys.path.insert(0, str(expanda))
+    try:
+        from expanda.ext.wikipedia import _clean_wiki_text
+    finally:
+        sys.path.remove(str(expanda))
+    pages, namespaces = {}, []
+    for _, elem in ET.iterparse(bz2.open(dump)):
+        if elem.tag.endswith("}namespace") and elem.text:
+            namespaces.append(elem.text)  # as expanda collects them, for the links it removes
+        if elem.tag.endswith("}page") and elem.findtext("{*}ns") == "0":
+            text = elem.findtext("{*}revision/{*}text") or ""
+            if not text.lower().startswith("#redirect"):
+                pages[elem.findtext("{*}id")] = (elem.findtext("{*}title"), _clean_wiki_text(text, namespaces))
+    return pages
+
+
+def test_no_article_is_in_two_splits_and_each_is_the_dump_article_it_names(sample_run):
+    rows = _article_lines(sample_run)
+    ids = [row["page_id"] for row, _ in rows]
+    assert len(ids) == len(set(ids)) and {row["split"] for row, _ in rows} == {"test", "valid", "train"}
+    pages = _dump_pages(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda")
+    for row, lines in rows:
+        title, text = pages[row["page_id"]]
+        assert row["title"] == title
+        found = [line for line in lines if line in text]  # a sentence is a piece of a cleaned line
+        assert len(found) >= 0.9 * len(lines), (title, [line for line in lines if line not in text][:3])
+
+
+def test_sentences_keep_the_dump_order_within_an_article(sample_run):
+    pages = _dump_pages(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda")
+    checked = 0
+    for row, lines in _article_lines(sample_run):
+        text, position = pages[row["page_id"]][1], 0
+        for line in lines:
+            where = text.find(line, position)
+            if where >= 0:  # in the dump's order: each found after the one before
+                assert text.find(line) >= 0 and where >= position
+                position, checked = where + len(line), checked + 1
+            else:
+                assert line not in text[position:], (row["title"], line)
+    assert checked > 10000
+    tokens = (sample_run / "results/corpus/corpus.train.txt").read_text(encoding="utf-8").splitlines()
+    raw = (sample_run / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()
+    from gpt2.vocab import load_tokenizer
+
+    tokenizer = load_tokenizer(sample_run / "results/corpus/vocab.txt")
+    first_train = len(raw) - len(tokens)  # corpus.train.txt is the tail of corpus.raw.txt, tokenized
+    for k in range(0, len(tokens), 997):
+        assert " ".join(tokenizer.encode(raw[first_train + k]).tokens) == tokens[k]
+
+
+def test_sentence_unit_reproduces_expanda_1_3_1(tmp_path):
+    proc = snakemake(tmp_path, "results/corpus/vocab.txt", config={"corpus": {"unit": "sentence"}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    corpus = tmp_path / "results/corpus"
+    assert hashlib.sha256((corpus / "corpus.raw.txt").read_bytes()).hexdigest() == SENTENCE_RAW_SHA256
+    assert not (corpus / "corpus.articles.tsv").exists()
+    from gpt2.vocab import load_tokenizer
+
+    tokenizer = load_tokenizer(corpus / "vocab.txt")
+    raw = (corpus / "corpus.raw.txt").read_text(encoding="utf-8").splitlines()
+    expected = [" ".join(e.tokens) for e in tokenizer.encode_batch(raw)]
+    split = [line for name in ("test", "valid", "train")
+             for line in (corpus / f"corpus.{name}.txt").read_text(encoding="utf-8").splitlines()]
+    assert split == expected
+    assert len((corpus / "corpus.test.txt").read_text().splitlines()) == math.ceil(len(raw) * 0.1) + 1  # as 1.3.1
+
+
+def test_two_builds_give_identical_vocab_and_shards(sample_run, tmp_path):
+    """A second build in other processes, with another number of workers, gives the same bytes."""
+    proc = snakemake(tmp_path, "results/shards/manifest.json", config={"corpus": {"threads": 1}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = snakemake(sample_run, "results/shards/manifest.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in corpus_files("article"):
+        assert (tmp_path / "results/corpus" / name).read_bytes() == (sample_run / "results/corpus" / name).read_bytes()
+    shards = sorted(p.relative_to(sample_run) for p in (sample_run / "results/shards").rglob("*") if p.is_file())
+    assert len(shards) >= 5
+    for path in shards:
+        if path.name != "manifest.json":  # it records the sharding speed too
+            assert (tmp_path / path).read_bytes() == (sample_run / path).read_bytes(), path
+
+
+def test_the_seed_options_are_passed_to_expanda(tmp_path):
+    cfg = render_config(tmp_path / "d.xml.bz2", CorpusParams(split_sent=False, subset_size=12345,
+                                                             input_vocab=str(tmp_path / "v.txt"), unit="sentence"))
+    assert "split-sent = false" in cfg and "subset-size = 12345" in cfg and "unit = sentence" in cfg
+    assert f"input-vocab = {tmp_path / 'v.txt'}" in cfg
+    assert "input-vocab" not in render_config(tmp_path / "d.xml.bz2", CorpusParams())
+
+
+def test_input_vocab_is_reused_and_packed_lines_keep_articles(sample_run, tmp_path):
+    vocab = sample_run / "results/corpus/vocab.txt"
+    from gpt2.corpus import build_corpus
+
+    build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda", tmp_path,
+                 CorpusParams(input_vocab=str(vocab), split_sent=False, max_length=400))
+    assert (tmp_path / "vocab.txt").read_bytes() == vocab.read_bytes()
+    lines = [len(line) for line in (tmp_path / "corpus.raw.txt").read_text(encoding="utf-8").splitlines()]
+    assert max(lines) > 200 and sum(n <= 400 for n in lines) > 0.95 * len(lines)  # sentences packed up to 400
+    assert all(n > 0 for n in lines)  # no empty line, even where a single sentence is longer than max_length
+    with pytest.raises(UserError, match="corpus.input_vocab"):
+        build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda",
+                     tmp_path / "x", CorpusParams(input_vocab=str(tmp_path / "missing.txt")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import gpt2
 from gpt2 import UserError
 from gpt2.checkpoint import load_model
 from gpt2.evaluate import stream_nll, unigram_nll, windows
@@ -83,7 +85,7 @@ def test_report_has_every_required_key(tiny_run):
     report = json.loads((tiny_run / "results/eval_tiny.json").read_text())
     for key in ("model", "params", "layers", "heads", "dims", "seq_len", "train_steps", "train_tokens", "eval_tokens",
                 "loss", "perplexity", "bits_per_token", "unigram_perplexity", "tokens_per_second", "checkpoint",
-                "seed", "versions"):
+                "seed", "versions", "bits_per_byte", "test_bytes"):
         assert key in report, key
     manifest = json.loads((tiny_run / "results/shards/manifest.json").read_text())
     assert report["eval_tokens"] == manifest["splits"]["test"]["tokens"] - 1  # every predicted position
@@ -92,3 +94,40 @@ def test_report_has_every_required_key(tiny_run):
     assert set(report["params"]) == {"non_embedding", "total"}
     assert set(report["versions"]) == {"python", "torch", "snakemake", "expanda"}
     assert (report["model"], report["layers"], report["dims"]) == ("tiny", 2, 64)
+
+
+def test_bits_per_byte_is_the_nll_in_bits_over_the_test_bytes(tiny_run):
+    """The bytes counted here from expanda's files: every test line of corpus.raw.txt, plus one separator."""
+    report = json.loads((tiny_run / "results/eval_tiny.json").read_text())
+    with open(tiny_run / "results/corpus/corpus.articles.tsv", encoding="utf-8", newline="") as fh:
+        test_lines = sum(int(r["lines"]) for r in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+                         if r["split"] == "test")
+    raw = (tiny_run / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()[:test_lines]
+    n_bytes = sum(len(line.encode("utf-8")) + 1 for line in raw)
+    loss_sum = report["loss"] * report["eval_tokens"]
+    assert report["test_bytes"] == n_bytes
+    assert report["bits_per_byte"] == pytest.approx(loss_sum / math.log(2) / n_bytes, rel=1e-12)
+    uni_sum = report["unigram_loss"] * report["eval_tokens"]
+    assert report["unigram_bits_per_byte"] == pytest.approx(uni_sum / math.log(2) / n_bytes, rel=1e-12)
+    assert report["bits_per_byte"] < report["unigram_bits_per_byte"]
+
+
+def test_evaluate_text_scores_raw_text_as_the_shards(tiny_run, tmp_path):
+    report = json.loads((tiny_run / "results/eval_tiny.json").read_text())
+    proc = gpt2("evaluate", "--model_path", str(tiny_run / "results/train/tiny/model.pt"), "--text",
+                str(tiny_run / "results/shards/test/text.txt"), "--vocab_path",
+                str(tiny_run / "results/corpus/vocab.txt"), "--output", str(tmp_path / "text.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = json.loads(proc.stdout)
+    assert text["eval_tokens"] == report["eval_tokens"] and text["test_bytes"] == report["test_bytes"]
+    assert text["loss"] == pytest.approx(report["loss"], rel=1e-6)
+    assert text["bits_per_byte"] == pytest.approx(report["bits_per_byte"], rel=1e-6)
+    assert text["unigram_perplexity"] is None  # no train split to count a unigram model on
+    mine = tmp_path / "mine.txt"  # any text: a blank line between documents
+    mine.write_text("The history of the city is long.\nIt was founded in 1850.\n\nA second document.\n")
+    proc = gpt2("evaluate", "--model_path", str(tiny_run / "results/train/tiny/model.pt"), "--text", str(mine),
+                "--vocab_path", str(tiny_run / "results/corpus/vocab.txt"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["test_bytes"] == len(mine.read_bytes()) - 1  # the blank line is no byte
+    proc = gpt2("evaluate", "--model_path", str(tiny_run / "results/train/tiny/model.pt"), "--text", str(mine))
+    assert proc.returncode == 2 and "--text needs --vocab_path" in proc.stderr.splitlines()[-1]

@@ -14,7 +14,8 @@ PRESETS = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
 
 def _tiny(**kw) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(**{"vocab_size": 100, "seq_len": 32, "layers": 2, "heads": 4, "dims": 32, "rate": 4, "dropout": 0.0, **kw})).eval()
+    shape = {"vocab_size": 100, "seq_len": 32, "layers": 2, "heads": 4, "dims": 32, "rate": 4, "dropout": 0.0}
+    return GPT(GPTConfig(**{**shape, **kw})).eval()
 
 
 def test_changing_a_future_token_never_changes_earlier_logits():

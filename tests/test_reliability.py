@@ -108,7 +108,8 @@ def test_kill_9_of_snakemake_then_rerun_finishes(tmp_path):
 def test_full_disk_while_sharding_leaves_no_output(tiny_run, tmp_path):
     corpus = tiny_run / "results/corpus"
     proc = subprocess.run([sys.executable, "-m", "gpt2", "make-shards", "--vocab_path", str(corpus / "vocab.txt"),
-                           "--train_corpus", str(corpus / "corpus.train.txt"), "--test_corpus",
+                           "--train_corpus", str(corpus / "corpus.train.txt"), "--valid_corpus",
+                           str(corpus / "corpus.valid.txt"), "--test_corpus",
                            str(corpus / "corpus.test.txt"), "--out", str(tmp_path / "shards")],
                           env=_env(), capture_output=True, text=True, preexec_fn=_limited(100_000))
     assert proc.returncode == 2 and _last_line(proc).startswith("error: no space left"), proc.stderr[-1500:]
@@ -130,8 +131,9 @@ def test_shards_of_another_vocab_are_refused(tiny_run, tmp_path):
 
     shutil.copytree(tiny_run / "results/corpus", tmp_path / "results/corpus")
     assert gpt2("make-shards", "--vocab_path", "results/corpus/vocab.txt", "--train_corpus",
-                "results/corpus/corpus.train.txt", "--test_corpus", "results/corpus/corpus.test.txt", "--out",
-                "results/shards", cwd=tmp_path).returncode == 0
+                "results/corpus/corpus.train.txt", "--valid_corpus", "results/corpus/corpus.valid.txt",
+                "--test_corpus", "results/corpus/corpus.test.txt", "--out", "results/shards",
+                cwd=tmp_path).returncode == 0
     vocab = tmp_path / "results/corpus/vocab.txt"
     vocab.write_text(vocab.read_text().replace("\nthe\n", "\nthe2\n"))
     proc = gpt2("evaluate", "--model_path", str(tiny_run / "results/train/tiny/model.pt"), "--eval_corpus",
@@ -144,7 +146,8 @@ COMMANDS = {  # command -> (required flags with valid values, a flag that takes 
     "fetch-dump": (["--out", "x.xml.bz2"], "--retries"),
     "patch-expanda": (["--out", "x", "--patches", "{any}"], None),
     "build-corpus": (["--dump", "{dump}", "--expanda", "{any}", "--out", "x"], "--threads"),
-    "make-shards": (["--vocab_path", "{any}", "--train_corpus", "{any}", "--test_corpus", "{any}", "--out", "x"],
+    "make-shards": (["--vocab_path", "{any}", "--train_corpus", "{any}", "--valid_corpus", "{any}", "--test_corpus",
+                     "{any}", "--out", "x"],
                     "--shard_tokens"),
     "train": (["--shards", "{any}"], "--total_steps"),
     "evaluate": (["--model_path", "{any}", "--eval_corpus", "{any}"], "--batch_eval"),

@@ -53,9 +53,13 @@ def test_tables_and_samples_carry_the_results(report_run):
     assert list(evaluation["model"]) == ["tiny"]
     assert evaluation["perplexity"][0] == pytest.approx(report["perplexity"])
     assert evaluation["unigram perplexity"][0] == pytest.approx(report["unigram_perplexity"])
+    assert evaluation["bits/byte"][0] == pytest.approx(report["bits_per_byte"])
+    assert evaluation["unigram bits/byte"][0] == pytest.approx(report["unigram_bits_per_byte"])
     corpus = pd.read_csv(results / "tables/corpus.csv")
     manifest = json.loads((results / "shards/manifest.json").read_text())
     assert list(corpus["lines"]) == [manifest["splits"][s]["lines"] for s in corpus["split"]]
+    assert list(corpus["documents"]) == [manifest["splits"][s]["documents"] for s in corpus["split"]]
+    assert set(corpus["split"]) == {"train", "valid", "test"} and set(corpus["unit"]) == {"article"}
     assert set(corpus["articles in dump"]) == {106}
     runtime = pd.read_csv(results / "tables/runtime.csv")
     assert {"build_corpus", "train/tiny", "evaluate/tiny"} <= set(runtime["job"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from gpt2 import UserError
 from gpt2.files import file_digest
 from gpt2.params import ShardsParams
 from conftest import ROOT
-from gpt2.shards import DTYPE, TokenStream, make_shards, shards_for_text
+from gpt2.shards import DTYPE, TokenStream, make_shards, shards_for_text, text_stream
 from gpt2.vocab import load_vocab
 
 VOCAB = ["<unk>", "<s>", "</s>", "<pad>", "the", "cat", "sat", "on", "mat", "##s", "."]
@@ -49,7 +50,7 @@ def test_round_trip_and_manifest(tmp_path):
     train = ["the cat sat on the mat .", "the cat ##s sat .", "mat ."] * 7
     test = ["the mat .", "on the cat ."]
     vocab, tr, te = _corpus(tmp_path, train, test)
-    manifest = make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=16))
+    manifest = make_shards(vocab, tr, te, te, None, None, tmp_path / "shards", ShardsParams(shard_tokens=16))
     assert _decode(TokenStream(tmp_path / "shards/manifest.json", "train")) == train
     assert _decode(TokenStream(tmp_path / "shards/manifest.json", "test")) == test
     split = manifest["splits"]["train"]
@@ -68,7 +69,7 @@ def test_round_trip_and_manifest(tmp_path):
 
 def test_windows_cross_shard_boundaries(tmp_path):
     vocab, tr, te = _corpus(tmp_path, ["the cat sat on the mat ."] * 10, ["the mat ."])
-    make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=7))
+    make_shards(vocab, tr, te, te, None, None, tmp_path / "shards", ShardsParams(shard_tokens=7))
     stream = TokenStream(tmp_path / "shards/manifest.json", "train")
     whole = np.concatenate(stream.parts)
     assert len(stream.parts) > 5 and len(stream) == len(whole)
@@ -79,7 +80,7 @@ def test_windows_cross_shard_boundaries(tmp_path):
 @pytest.mark.reliability
 def test_unknown_tokens_map_to_unk_and_are_counted(tmp_path):
     vocab, tr, te = _corpus(tmp_path, ["the dog sat on the sofa .", "<unk> cat ."], ["the mat ."])
-    manifest = make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=100))
+    manifest = make_shards(vocab, tr, te, te, None, None, tmp_path / "shards", ShardsParams(shard_tokens=100))
     split = manifest["splits"]["train"]
     assert (split["missing_from_vocab"], split["unk_tokens"]) == (2, 3)
     assert _decode(TokenStream(tmp_path / "shards/manifest.json", "train"))[0] == "the <unk> sat on the <unk> ."
@@ -102,7 +103,7 @@ def test_bad_vocab_is_refused(tmp_path, vocab, message):
 def test_empty_corpus_leaves_no_output(tmp_path):
     vocab, tr, te = _corpus(tmp_path, [], ["the mat ."])
     with pytest.raises(UserError, match="empty corpus"):
-        make_shards(vocab, tr, te, tmp_path / "shards", ShardsParams(shard_tokens=100))
+        make_shards(vocab, tr, te, te, None, None, tmp_path / "shards", ShardsParams(shard_tokens=100))
     assert not (tmp_path / "shards/manifest.json").exists() and not (tmp_path / "shards/train").exists()
 
 
@@ -124,9 +125,42 @@ def test_processes_starting_together_shard_text_corpora_once(tmp_path):
 
 def test_sample_shards_match_the_corpus(tiny_run):
     manifest = json.loads((tiny_run / "results/shards/manifest.json").read_text())
-    for split in ("train", "test"):
+    articles = list(csv.DictReader(open(tiny_run / "results/corpus/corpus.articles.tsv", encoding="utf-8"),
+                                   delimiter="\t", quoting=csv.QUOTE_NONE))
+    for split in ("train", "valid", "test"):
         lines = (tiny_run / f"results/corpus/corpus.{split}.txt").read_text(encoding="utf-8").splitlines()
         entry = manifest["splits"][split]
-        assert entry["lines"] == len(lines)
-        assert entry["tokens"] == sum(len(line.split()) + 1 for line in lines)
-    assert manifest["vocab_size"] == 8000 and manifest["tokens_per_second"] > 0
+        assert entry["lines"] == len(lines) and entry["documents"] == sum(a["split"] == split for a in articles)
+        assert entry["tokens"] == sum(len(line.split()) for line in lines) + entry["documents"]  # + one </s> each
+    assert manifest["vocab_size"] == 8000 and manifest["tokens_per_second"] > 0 and manifest["unit"] == "article"
+
+
+def test_articles_are_documents_and_bytes_count_the_raw_text(tmp_path):
+    test, valid, train = ["the cat sat .", "on the mat ."], ["the mat ."], ["the cat .", "sat .", "mat ."]
+    raw = ["The cat sat.", "On the mat.", "The mat.", "The cat.", "Sat.", "Mat."]  # test, valid, train order
+    vocab, tr, te = _corpus(tmp_path, train, test)
+    (tmp_path / "corpus.valid.txt").write_text("".join(line + "\n" for line in valid))
+    (tmp_path / "corpus.raw.txt").write_text("".join(line + "\n" for line in raw))
+    (tmp_path / "articles.tsv").write_text("split\tpage_id\ttitle\tlines\ntest\t7\tCats\t2\nvalid\t3\tMats\t1\n"
+                                           "train\t9\tA\t2\ntrain\t4\tB\t1\n")
+    manifest = make_shards(vocab, tr, tmp_path / "corpus.valid.txt", te, tmp_path / "corpus.raw.txt",
+                           tmp_path / "articles.tsv", tmp_path / "shards", ShardsParams(shard_tokens=1024))
+    stream = lambda split: _decode(TokenStream(tmp_path / "shards/manifest.json", split))  # noqa: E731
+    assert stream("test") == ["the cat sat . on the mat ."] and stream("train") == ["the cat . sat .", "mat ."]
+    splits = manifest["splits"]
+    assert [splits[s]["documents"] for s in ("test", "valid", "train")] == [1, 1, 2]
+    assert splits["test"]["bytes"] == len("The cat sat.") + 1 + len("On the mat.") + 1
+    assert splits["train"]["bytes"] == sum(len(r) + 1 for r in raw[3:])
+    assert (tmp_path / "shards/test/text.txt").read_text() == "The cat sat.\nOn the mat.\n\n"
+    (tmp_path / "articles.tsv").write_text("split\tpage_id\ttitle\tlines\ntest\t7\tCats\t3\n")
+    with pytest.raises(UserError, match="fewer lines than corpus.articles.tsv"):
+        make_shards(vocab, tr, tmp_path / "corpus.valid.txt", te, None, tmp_path / "articles.tsv", tmp_path / "s2",
+                    ShardsParams())
+
+
+def test_raw_text_reads_back_to_the_test_shards(tiny_run):
+    shards = tiny_run / "results/shards"
+    stream, n_bytes = text_stream(shards / "test/text.txt", tiny_run / "results/corpus/vocab.txt")
+    test = TokenStream(shards / "manifest.json", "test")
+    assert np.array_equal(np.concatenate(stream.parts), np.concatenate(test.parts))
+    assert n_bytes == test.manifest["splits"]["test"]["bytes"]

@@ -18,7 +18,9 @@ import torch
 from conftest import ROOT, TINY_CONFIG
 from gpt2.model import GPT, GPTConfig
 from gpt2.shards import TokenStream
+from gpt2.checkpoint import load_model
 from gpt2.cli import build_parser, settings_from
+from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
 from gpt2.train import Batches, Outputs, lr_factor, model_config, param_groups, train
 
@@ -106,6 +108,18 @@ def test_training_beats_the_unigram_baseline(tiny_run):
                                     "grad_norm"]
     log = (tiny_run / "results/logs/train/tiny.log").read_text()
     assert "train: 100%" in log  # tqdm progress in the log
+
+
+def test_periodic_evaluation_reads_the_validation_split(tiny_run):
+    """The test split is read by evaluate alone; training's held-out loss comes from the valid split."""
+    manifest = tiny_run / "results/shards/manifest.json"
+    last = _rows(tiny_run / "results/train/tiny/metrics.csv")[-1]
+    model, _ = load_model(tiny_run / "results/train/tiny/model.pt", torch.device("cpu"))
+    eval_tokens = TINY_CONFIG["train"]["eval_tokens"]
+    scores = {split: stream_nll(model, TokenStream(manifest, split), 128, 16, torch.device("cpu"), limit=eval_tokens)
+              for split in ("valid", "test")}
+    valid, test = (nll / count for nll, count in scores.values())
+    assert float(last["eval_loss"]) == pytest.approx(valid, rel=1e-5) and abs(valid - test) > 1e-3
 
 
 @pytest.mark.reliability

@@ -110,7 +110,10 @@ COMMANDS = {
     "make-shards": Command("gpt2.shards:make_shards", "token lines -> uint16 shards + manifest.json", (
         _file("vocab_path", "expanda's vocab.txt", required=True),
         _file("train_corpus", "expanda's corpus.train.txt", required=True),
+        _file("valid_corpus", "expanda's corpus.valid.txt", required=True),
         _file("test_corpus", "expanda's corpus.test.txt", required=True),
+        _file("raw_corpus", "expanda's corpus.raw.txt: byte counts and the test split's raw text"),
+        _file("articles", "expanda's corpus.articles.tsv (unit article): each article one document"),
         Arg("out", "folder for train/, test/ and manifest.json", required=True)), (ShardsParams,)),
     "train": Command("gpt2.train:train_command", "train (or resume) a GPT-2; re-running the same command resumes "
                      "from the newest checkpoint", (
@@ -120,8 +123,11 @@ COMMANDS = {
         _file("from_checkpoint", "resume from this checkpoint file"),
         _file("from_pretrained", "start a new run from the weights of this model.pt")),
         (Architecture, TrainParams)),
-    "evaluate": Command("gpt2.evaluate:evaluate_command", "test loss, perplexity and the unigram baseline as JSON", (
+    "evaluate": Command("gpt2.evaluate:evaluate_command", "test loss, perplexity, bits per byte and the unigram "
+                        "baseline as JSON", (
         MODEL, SHARDS, EVAL_CORPUS,
+        _file("text", "raw UTF-8 text to score (with --vocab_path): each line tokenized as expanda does, a blank "
+                      "line between documents", group="data"),
         _file("train_corpus", "with a text eval corpus: expanda's corpus.train.txt, for the unigram baseline"),
         VOCAB, Arg("output", "also write the JSON report here"),
         Arg("name", "model name in the report (default: the model's folder)", str, default="")),

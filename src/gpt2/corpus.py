@@ -3,8 +3,9 @@
 `patch_expanda` copies the installed expanda 1.3.1 into a private folder and
 applies patches/*.patch there (site-packages is never touched).
 `build_corpus` renders expanda.cfg, runs `python -m expanda build` with that
-copy first on PYTHONPATH in a throw-away workspace, and moves the four corpus
-files into place only once they are all valid.
+copy first on PYTHONPATH in a throw-away workspace, and moves the corpus files
+into place only once they are all valid. The patches make articles the unit
+(patches/0005-0006) and the vocabulary reproducible (0007); README.md says how.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from gpt2.params import CorpusParams
 from gpt2.vocab import BOS, EOS, PAD, SPECIALS, UNK
 
 EXPANDA_VERSION = "1.3.1"
-CORPUS_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.test.txt")
+TEXT_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.valid.txt", "corpus.test.txt")
+ARTICLES = "corpus.articles.tsv"  # unit article: split, page id, title and lines of each article, in order
+
+
+def corpus_files(unit: str) -> tuple[str, ...]:
+    """The files a corpus build writes: the article sidecar only where articles are the unit."""
+    return TEXT_FILES + ((ARTICLES,) if unit == "article" else ())
 
 
 def installed_expanda() -> Path:
@@ -77,11 +84,13 @@ def patch_expanda(out: Path, patches: list[Path]) -> list[dict]:
 
 def render_config(dump: Path, params: CorpusParams) -> str:
     """expanda.cfg for one dump; outputs land in build/ inside the workspace."""
+    reuse = f"input-vocab = {Path(params.input_vocab).resolve()}\n" if params.input_vocab else ""
     return f"""[expanda.ext.wikipedia]
 num-cores = {params.threads}
 min-length = {params.min_length}
 max-length = {params.max_length}
-split-sent = true
+split-sent = {str(params.split_sent).lower()}
+unit = {params.unit}
 
 [tokenization]
 unk-token = {UNK}
@@ -90,17 +99,22 @@ control-tokens = {BOS}
                  {PAD}
 vocab-size = {params.vocab_size}
 limit-alphabet = {params.limit_alphabet}
+subset-size = {params.subset_size}
 
 [build]
 input-files =
     --expanda.ext.wikipedia {Path(dump).resolve()}
 temporary-path = tmp
 seed = {params.seed}
+unit = {params.unit}
 split-ratio = {params.split_ratio}
-output-vocab = build/vocab.txt
+valid-ratio = {params.valid_ratio}
+{reuse}output-vocab = build/vocab.txt
 output-raw-corpus = build/corpus.raw.txt
 output-train-corpus = build/corpus.train.txt
+output-valid-corpus = build/corpus.valid.txt
 output-test-corpus = build/corpus.test.txt
+output-articles = build/{ARTICLES}
 """
 
 
@@ -119,9 +133,9 @@ def _run_expanda(workspace: Path, expanda_dir: Path) -> None:
         raise UserError(f"expanda build failed: {errors[-1] if errors else f'exit code {proc.returncode}'}")
 
 
-def check_outputs(build: Path) -> None:
-    """All four files non-empty, vocab starts with the specials, corpus lines are token lists."""
-    for name in CORPUS_FILES:
+def check_outputs(build: Path, unit: str) -> None:
+    """Every file non-empty, vocab starts with the specials, corpus lines are token lists."""
+    for name in corpus_files(unit):
         path = build / name
         if not path.is_file() or path.stat().st_size == 0:
             raise UserError(f"expanda produced no {name}: the dump yielded no sentences between "
@@ -130,15 +144,18 @@ def check_outputs(build: Path) -> None:
         head = tuple(fh.readline().rstrip("\n") for _ in SPECIALS)
     if head != SPECIALS:
         raise UserError(f"expanda's vocab.txt starts with {head}, expected {SPECIALS}")
-    for name in ("corpus.train.txt", "corpus.test.txt"):
+    for name in ("corpus.train.txt", "corpus.valid.txt", "corpus.test.txt"):
         with open(build / name, encoding="utf-8") as fh:
             for number, line in zip(range(1, 1001), fh):
-                if "\t" in line or "  " in line.strip() or not line.strip():
+                if "\t" in line or "  " in line.strip():
                     raise UserError(f"expanda's {name} line {number} is not space-separated WordPiece tokens")
 
 
 def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> dict:
-    """Build the corpus of `dump` into the folder `out` (the four CORPUS_FILES) and return line counts."""
+    """Build the corpus of `dump` into the folder `out` (its `corpus_files`) and return line counts."""
+    if params.input_vocab and not Path(params.input_vocab).is_file():
+        raise UserError(f"corpus.input_vocab {params.input_vocab!r} is not a file: name an existing vocab.txt "
+                        "or leave it empty to train one")
     if params.min_length >= params.max_length:
         raise UserError(f"corpus.min_length ({params.min_length}) must be below "
                         f"corpus.max_length ({params.max_length})")
@@ -147,9 +164,9 @@ def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> 
         workspace.mkdir()
         (workspace / "expanda.cfg").write_text(render_config(dump, params))
         _run_expanda(workspace, expanda)
-        check_outputs(workspace / "build")
-        counts = {name: _count_lines(workspace / "build" / name) for name in CORPUS_FILES}
-        for name in CORPUS_FILES:
+        check_outputs(workspace / "build", params.unit)
+        counts = {name: _count_lines(workspace / "build" / name) for name in corpus_files(params.unit)}
+        for name in corpus_files(params.unit):
             os.replace(workspace / "build" / name, staging / name)
         shutil.rmtree(workspace)
     print(f"corpus: {counts}", file=sys.stderr)

@@ -26,7 +26,7 @@ from gpt2.device import autocast, precision_name, resolve_device, set_threads, u
 from gpt2.files import atomic_path
 from gpt2.model import GPT
 from gpt2.params import EvaluateParams, Hardware
-from gpt2.shards import TokenStream, check_vocab, manifest_for
+from gpt2.shards import TokenStream, check_vocab, manifest_for, text_stream
 
 
 def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
@@ -79,12 +79,14 @@ def versions() -> dict[str, str]:
             "expanda": version("expanda")}
 
 
-def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, batch_size: int, device: torch.device,
-             bf16: bool, max_batches: int = 0) -> dict:
-    """Loss, perplexity and bits per token of `model` on `test`, and the unigram floor from `train` counts.
+def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, test_bytes: int | None, batch_size: int,
+             device: torch.device, bf16: bool, max_batches: int = 0) -> dict:
+    """Loss, perplexity, bits per token and per byte of `model` on `test`; the unigram floor from `train`.
 
-    `max_batches` > 0 scores only the first batches; without `train` the
-    unigram keys are None.
+    Bits per byte divide the total NLL in bits by the UTF-8 bytes of the test
+    text (`test_bytes`, as shards.shard_split counts them); they are None when
+    the bytes are unknown or `max_batches` > 0 scores only the first batches.
+    Without `train` the unigram keys are None.
     """
     seq_len = model.cfg.seq_len
     limit = max_batches * batch_size * seq_len + 1 if max_batches > 0 else None
@@ -96,15 +98,35 @@ def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, batch_siz
         uni, uni_count = unigram_nll(train, test, model.cfg.vocab_size, limit)
         assert uni_count == count, "model and unigram must score the same positions"
     loss = nll / count
+    per_byte = test_bytes if test_bytes and limit is None else None
     return {"eval_tokens": count, "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+            "bits_per_byte": None if per_byte is None else nll / math.log(2) / per_byte,
+            "test_bytes": per_byte,
             "unigram_loss": None if uni is None else uni / count,
             "unigram_perplexity": None if uni is None else math.exp(uni / count),
+            "unigram_bits_per_byte": None if uni is None or per_byte is None else uni / math.log(2) / per_byte,
             "tokens_per_second": count / seconds}
 
 
+def _test_data(shards: Path | None, eval_corpus: Path | None, text: Path | None, train_corpus: Path | None,
+               vocab_path: Path | None, workdir: Path) -> tuple[TokenStream, TokenStream | None, int | None]:
+    """The test stream, the train stream for the unigram floor (or None) and the test text's bytes (or None)."""
+    if text is not None:
+        if vocab_path is None:
+            raise UserError("--text needs --vocab_path: the vocab.txt the model was trained with")
+        stream, n_bytes = text_stream(text, vocab_path)
+        return stream, None, n_bytes
+    manifest = manifest_for(shards, train_corpus, eval_corpus, vocab_path, workdir / "shards", need_train=False)
+    check_vocab(manifest)
+    test = TokenStream(manifest, "test")
+    # A text eval corpus without --train_corpus has no train split to count the unigram floor on.
+    has_train = shards is not None or eval_corpus.suffix == ".json" or train_corpus is not None
+    return test, TokenStream(manifest, "train") if has_train else None, test.manifest["splits"]["test"].get("bytes")
+
+
 def evaluate_command(model_path: Path, output: Path | None, name: str, shards: Path | None,
-                     eval_corpus: Path | None, train_corpus: Path | None, vocab_path: Path | None, expect: dict,
-                     params: EvaluateParams, hardware: Hardware) -> dict:
+                     eval_corpus: Path | None, text: Path | None, train_corpus: Path | None,
+                     vocab_path: Path | None, expect: dict, params: EvaluateParams, hardware: Hardware) -> dict:
     """`python -m gpt2 evaluate`: score a model.pt, print the JSON report and write it to `output` atomically."""
     dev = resolve_device(hardware.device)
     set_threads(hardware.threads)
@@ -112,17 +134,11 @@ def evaluate_command(model_path: Path, output: Path | None, name: str, shards: P
     checkpoint.check_architecture(model.cfg, expect, model_path)
     bf16 = use_bf16(hardware.amp, dev)
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = manifest_for(shards, train_corpus, eval_corpus, vocab_path, Path(tmp) / "shards",
-                                need_train=False)
-        check_vocab(manifest)
-        test = TokenStream(manifest, "test")
+        test, train, test_bytes = _test_data(shards, eval_corpus, text, train_corpus, vocab_path, Path(tmp))
         if test.manifest["vocab_size"] != model.cfg.vocab_size:
-            raise UserError(f"{model_path}: model vocabulary {model.cfg.vocab_size} != shards' "
-                            f"{test.manifest['vocab_size']}")
-        # A text eval corpus without --train_corpus has no train split to count the unigram floor on.
-        has_train = shards is not None or eval_corpus.suffix == ".json" or train_corpus is not None
-        train = TokenStream(manifest, "train") if has_train else None
-        numbers = evaluate(model, test, train, params.batch_size, dev, bf16, params.max_batches)
+            raise UserError(f"{model_path}: model vocabulary {model.cfg.vocab_size} != the test data's "
+                            f"{test.manifest['vocab_size']}; pass the vocab.txt the model was trained with")
+        numbers = evaluate(model, test, train, test_bytes, params.batch_size, dev, bf16, params.max_batches)
     cfg = model.cfg
     report = {"model": name or Path(model_path).parent.name, "params": model.num_params(), "layers": cfg.layers,
               "heads": cfg.heads, "dims": cfg.dims, "seq_len": cfg.seq_len, "vocab_size": cfg.vocab_size,
@@ -133,8 +149,9 @@ def evaluate_command(model_path: Path, output: Path | None, name: str, shards: P
         with atomic_path(output) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
     floor = "n/a" if train is None else f"{report['unigram_perplexity']:.1f}"
+    per_byte = "n/a" if report["bits_per_byte"] is None else f"{report['bits_per_byte']:.4f}"
     print(f"{report['model']}: loss {report['loss']:.4f} nats, perplexity {report['perplexity']:.1f} "
-          f"(unigram {floor}) over {report['eval_tokens']:,} tokens, "
+          f"(unigram {floor}), {per_byte} bits/byte over {report['eval_tokens']:,} tokens, "
           f"{report['tokens_per_second']:,.0f} tokens/s", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return report

@@ -75,11 +75,23 @@ class DumpParams:
 class CorpusParams:
     """The corpus expanda builds from the dump."""
 
+    unit: Literal["article", "sentence"] = param(
+        "article", "article: whole articles are shuffled and split, each keeps its sentences in order; "
+                   "sentence: expanda 1.3.1's sentence-level corpus")
     vocab_size: int = param(8000, "WordPiece vocabulary incl. <unk> <s> </s> <pad>", minimum=100, maximum=65535)
     limit_alphabet: int = param(1000, "most distinct characters WordPiece keeps", minimum=1)
     min_length: int = param(50, "sentences shorter than this (characters) are dropped", minimum=0)
     max_length: int = param(1000, "sentences longer than this (characters) are dropped", minimum=1)
-    split_ratio: float = param(0.1, "fraction of lines held out as corpus.test.txt", above=0, below=1)
+    split_ratio: float = param(0.1, "fraction of articles (unit sentence: lines) held out as the test split",
+                               above=0, below=1)
+    valid_ratio: float = param(0.05, "fraction of articles (unit sentence: lines) held out as the validation "
+                                     "split, which training evaluates on", above=0, below=1)
+    split_sent: bool = param(True, "one sentence a line; false: expanda packs an article's consecutive sentences "
+                                   "into lines of up to max_length characters")
+    subset_size: int = param(1_000_000_000, "bytes of the shuffled corpus's head that WordPiece is trained on",
+                             minimum=1)
+    input_vocab: str = param("", "reuse this vocab.txt instead of training one (e.g. to score a model on "
+                                 "another dump)")
     seed: int = param(0, "seeds expanda's shuffle: the same dump gives the same corpus", minimum=0)
     threads: int = param(2, "expanda worker processes (capped by --cores)", minimum=1, maximum=256)
 
@@ -146,7 +158,7 @@ class TrainParams(Hardware):
     grad_clip: float = param(1.0, "clip the global gradient norm to this", above=0, trajectory=True)
     seed: int = param(1337, "seed of initialisation, data order and dropout", minimum=0, trajectory=True)
     eval_every: int = param(100, "held-out evaluation every N steps ...", minimum=1, aliases=("--eval_steps",))
-    eval_tokens: int = param(4096, "... on this many tokens from the start of the test split", minimum=2)
+    eval_tokens: int = param(4096, "... on this many tokens from the start of the validation split", minimum=2)
     log_every: int = param(10, "a metrics.csv row every N steps", minimum=1)
     checkpoint_every: int = param(100, "checkpoint every N steps", minimum=1, aliases=("--save_steps",))
     keep_checkpoints: int = param(2, "newest checkpoints kept", minimum=1)
@@ -342,8 +354,9 @@ def _comment(text: str, indent: str = "") -> list[str]:
 def render_config_yaml() -> str:
     """config.yaml: every default with its help as a comment."""
     lines = _comment("Defaults for the whole workflow, rendered from src/gpt2/params.py by "
-                     "`python -m gpt2 write-config --root .`\n(edit the declarations there, not this file). Override any key "
-                     "with --config key=value\nor --configfile my.yaml; schemas/config.schema.yaml lists the ranges.")
+                     "`python -m gpt2 write-config --root .`\n(edit the declarations there, not this file). "
+                     "Override any key with --config key=value\nor --configfile my.yaml; "
+                     "schemas/config.schema.yaml lists the ranges.")
     for name, cls in SECTIONS.items():
         if name == "train":
             lines += ["", *_comment("Architectures, picked by the {model} in results/eval_{model}.json.\n"

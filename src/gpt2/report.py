@@ -103,6 +103,7 @@ def eval_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> 
                      "train tokens": r["train_tokens"], "test tokens": r["eval_tokens"], "loss": r["loss"],
                      "perplexity": r["perplexity"], "unigram perplexity": r["unigram_perplexity"],
                      "perplexity / unigram": r["perplexity"] / r["unigram_perplexity"],
+                     "bits/byte": r["bits_per_byte"], "unigram bits/byte": r["unigram_bits_per_byte"],
                      "bits/token": r["bits_per_token"], "eval tokens/s": r["tokens_per_second"]})
     df = pd.DataFrame(rows)
     _write_table(df, csv, html, "Evaluation on the test split")
@@ -111,8 +112,9 @@ def eval_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> 
 
 def corpus_table(manifest: str | Path, dump_info: str | Path, csv: str | Path, html: str | Path) -> pd.DataFrame:
     m, info = json.loads(Path(manifest).read_text()), json.loads(Path(dump_info).read_text())
-    rows = [{"split": name, "articles in dump": info["articles"], "language": info["lang"],
-             "lines": s["lines"], "tokens": s["tokens"], "<unk> tokens": s["unk_tokens"],
+    rows = [{"split": name, "articles in dump": info["articles"], "language": info["lang"], "unit": m["unit"],
+             "documents": s["documents"], "lines": s["lines"], "tokens": s["tokens"], "bytes": s["bytes"],
+             "<unk> tokens": s["unk_tokens"],
              "unk rate": s["unk_tokens"] / s["tokens"], "shards": len(s["shards"]), "vocab size": m["vocab_size"]}
             for name, s in m["splits"].items()]
     df = pd.DataFrame(rows)

@@ -1,7 +1,10 @@
 """Stage 3: expanda's token lines -> uint16 token-id shards + manifest.json.
 
-Layout: each split is one stream of token ids, every corpus line followed by
-the `</s>` id, lines packed back to back (no padding). The stream is cut into
+Layout: each split (train, valid, test) is one stream of token ids made of
+documents packed back to back (no padding). A document is an article (unit
+article: its sentences' tokens in order, nothing between them -- WordPiece
+has no whitespace token, and a sentence's own punctuation ends it) or one
+corpus line (unit sentence), and ends with the `</s>` id. The stream is cut into
 `<split>_NNNNNN.bin` files of at most `shard_tokens` ids, raw little-endian
 uint16, so `numpy.memmap(path, dtype="<u2")` reads a shard without copying.
 Ids are the line numbers of vocab.txt as it is (expanda already put
@@ -10,12 +13,17 @@ Ids are the line numbers of vocab.txt as it is (expanda already put
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import csv
 import fcntl
+import itertools
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import IO, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -23,10 +31,10 @@ from tqdm import tqdm
 from gpt2 import UserError
 from gpt2.files import atomic_dir, file_digest
 from gpt2.params import ShardsParams
-from gpt2.vocab import EOS_ID, SPECIALS, UNK_ID, load_vocab
+from gpt2.vocab import EOS_ID, SPECIALS, UNK_ID, load_tokenizer, load_vocab
 
 DTYPE = np.dtype("<u2")
-BATCH_LINES = 4096
+BATCH_DOCS = 1024
 
 
 class ShardWriter:
@@ -63,70 +71,130 @@ class ShardWriter:
             self.fh = None
 
 
-def encode_lines(lines: list[str], vocab: dict[str, int], unk: int, eos: int) -> tuple[np.ndarray, int]:
-    """Ids of a batch of token lines, each followed by `eos`; also how many tokens were not in the vocab."""
+Document = tuple[list[str], list[bytes]]  # token lines of expanda's corpus, and the same lines of raw text
+
+
+def encode_documents(docs: list[Document], vocab: dict[str, int]) -> tuple[np.ndarray, int]:
+    """Ids of a batch of documents, each its lines' tokens back to back then `</s>`; also how many
+    tokens were not in the vocab (they become `<unk>`)."""
     ids: list[int] = []
     get = vocab.get
-    for line in lines:
-        ids.extend([get(t, -1) for t in line.split()])
-        ids.append(eos)
+    for lines, _ in docs:
+        for line in lines:
+            ids.extend([get(t, -1) for t in line.split()])
+        ids.append(EOS_ID)
     arr = np.asarray(ids, dtype=np.int32)
     missing = arr < 0
-    arr[missing] = unk
+    arr[missing] = UNK_ID
     return arr.astype(DTYPE), int(missing.sum())
 
 
-def shard_split(corpus: Path, vocab: dict[str, int], folder: Path, prefix: str, shard_tokens: int) -> dict:
-    """Stream one corpus file into shards; returns its manifest entry."""
+def article_sizes(articles: Path, split: str) -> list[int]:
+    """Lines of each article of `split`, in corpus order, from expanda's corpus.articles.tsv."""
+    with open(articles, encoding="utf-8", newline="") as fh:
+        return [int(row["lines"]) for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if row["split"] == split]
+
+
+def documents(tokens: IO[str], raw: IO[bytes] | None, sizes: list[int] | None) -> Iterator[Document]:
+    """The documents of one split: runs of `sizes` lines (articles), or every line alone (unit sentence)."""
+    if sizes is None:
+        for line in tokens:
+            yield [line], [raw.readline()] if raw else []
+        return
+    for size in sizes:
+        lines = list(itertools.islice(tokens, size))
+        if len(lines) < size:
+            raise UserError(f"{tokens.name} has fewer lines than corpus.articles.tsv gives its articles; "
+                            "rebuild the corpus (rule build_corpus)")
+        yield lines, [raw.readline() for _ in range(size)] if raw else []
+    if tokens.readline():
+        raise UserError(f"{tokens.name} has more lines than corpus.articles.tsv gives its articles; "
+                        "rebuild the corpus (rule build_corpus)")
+
+
+def _text_block(docs: list[Document]) -> bytes:
+    """Raw text of documents as test/text.txt holds it: a line per raw line, a blank line after each document."""
+    return b"".join(b"".join(r if r.endswith(b"\n") else r + b"\n" for r in raw) + b"\n" for _, raw in docs)
+
+
+def shard_split(docs: Iterator[Document], vocab: dict[str, int], folder: Path, prefix: str, shard_tokens: int,
+                has_raw: bool, text: Path | None = None) -> dict:
+    """Stream one split's documents into shards (and their raw text into `text`); returns its manifest entry.
+
+    `bytes` counts the UTF-8 bytes of every raw line plus one for the separator after it (a space inside
+    an article, the newline that `</s>` stands for at its end); null without raw text.
+    """
     folder.mkdir(parents=True)
     writer = ShardWriter(folder, prefix, shard_tokens)
-    unk, eos = UNK_ID, EOS_ID
-    lines = tokens = unknown = missing_total = 0
-    size = corpus.stat().st_size
-    with open(corpus, encoding="utf-8") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=prefix,
-                                                     mininterval=2) as bar:
-        while batch := [line for _, line in zip(range(BATCH_LINES), fh)]:
-            ids, missing = encode_lines(batch, vocab, unk, eos)
+    counts = collections.Counter()
+    with contextlib.ExitStack() as stack:
+        text_fh = stack.enter_context(open(text, "wb")) if text else None
+        bar = stack.enter_context(tqdm(desc=prefix, unit=" docs", mininterval=2))
+        while batch := list(itertools.islice(docs, BATCH_DOCS)):
+            ids, missing = encode_documents(batch, vocab)
             writer.write(ids)
-            lines, tokens, missing_total = lines + len(batch), tokens + len(ids), missing_total + missing
-            unknown += int(np.count_nonzero(ids == unk))
-            bar.update(sum(len(line.encode("utf-8")) for line in batch))
+            counts.update(documents=len(batch), lines=sum(len(lines) for lines, _ in batch), tokens=len(ids),
+                          missing=missing, unk=int(np.count_nonzero(ids == UNK_ID)),
+                          bytes=sum(len(r.rstrip(b"\n")) + 1 for _, raw in batch for r in raw))
+            if text_fh:
+                text_fh.write(_text_block(batch))
+            bar.update(len(batch))
     writer.close()
-    if tokens == 0:
-        raise UserError(f"{corpus}: empty corpus, nothing to shard; check the corpus stage's log")
+    if counts["tokens"] == 0:
+        raise UserError(f"the {prefix} split is an empty corpus, nothing to shard; check the corpus stage's log")
     for shard in writer.shards:
         shard["sha256"] = file_digest(folder.parent / shard["file"])
-    return {"lines": lines, "tokens": tokens, "unk_tokens": unknown, "missing_from_vocab": missing_total,
-            "shards": writer.shards}
+    return {"documents": counts["documents"], "lines": counts["lines"], "tokens": counts["tokens"],
+            "bytes": counts["bytes"] if has_raw else None, "unk_tokens": counts["unk"],
+            "missing_from_vocab": counts["missing"], "shards": writer.shards}
 
 
-def make_shards(vocab_path: Path, train_corpus: Path, test_corpus: Path, out: Path, params: ShardsParams) -> dict:
-    """Write train/ and test/ shards and manifest.json into the folder `out`, all or nothing."""
+def make_shards(vocab_path: Path, train_corpus: Path, valid_corpus: Path, test_corpus: Path,
+                raw_corpus: Path | None, articles: Path | None, out: Path, params: ShardsParams) -> dict:
+    """Write train/, valid/ and test/ shards and manifest.json into the folder `out`, all or nothing.
+
+    `articles` (expanda's corpus.articles.tsv) makes whole articles the documents; without it every line
+    is one. `raw_corpus` (corpus.raw.txt: the test, valid and train lines in that order, as extracted)
+    gives each split's byte count and the test split's raw text, test/text.txt, for bits per byte.
+    """
     vocab = load_vocab(vocab_path)
-    corpora = {"train": Path(train_corpus), "test": Path(test_corpus)}
+    corpora = {"test": Path(test_corpus), "valid": Path(valid_corpus), "train": Path(train_corpus)}
     started = time.perf_counter()
-    with atomic_dir(out) as staging:
-        splits = {name: shard_split(path, vocab, staging / name, name, params.shard_tokens)
-                  for name, path in corpora.items()}
-        seconds = time.perf_counter() - started
-        total = sum(s["tokens"] for s in splits.values())
-        manifest = {
-            "format": "raw little-endian uint16 token ids; every corpus line followed by </s>, packed",
-            "dtype": DTYPE.str,
-            "vocab": os.path.relpath(vocab_path, out),  # relative to this manifest's folder
-            "vocab_size": len(vocab),
-            "vocab_sha256": file_digest(vocab_path),
-            "sources_sha256": {name: file_digest(path) for name, path in corpora.items()},
-            "special_ids": {token: vocab[token] for token in SPECIALS},
-            "eos_id": EOS_ID,
-            "shard_tokens": params.shard_tokens,
-            "splits": splits,
-            "tokens_per_second": round(total / seconds),
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    raw = open(raw_corpus, "rb") if raw_corpus else None
+    try:
+        with atomic_dir(out) as staging:
+            splits = {}
+            for name, path in corpora.items():  # in corpus.raw.txt's order
+                sizes = article_sizes(articles, name) if articles else None
+                text = staging / "test" / "text.txt" if name == "test" and raw else None
+                with open(path, encoding="utf-8") as tokens:
+                    splits[name] = shard_split(documents(tokens, raw, sizes), vocab, staging / name, name,
+                                               params.shard_tokens, raw is not None, text)
+            seconds = time.perf_counter() - started
+            total = sum(s["tokens"] for s in splits.values())
+            manifest = {
+                "format": "raw little-endian uint16 token ids; each document (an article, or a line with unit "
+                          "sentence) is its lines' tokens back to back, then </s>; documents packed",
+                "unit": "article" if articles else "sentence",
+                "dtype": DTYPE.str,
+                "vocab": os.path.relpath(vocab_path, out),  # relative to this manifest's folder
+                "vocab_size": len(vocab),
+                "vocab_sha256": file_digest(vocab_path),
+                "sources_sha256": {name: file_digest(path) for name, path in corpora.items()},
+                "special_ids": {token: vocab[token] for token in SPECIALS},
+                "eos_id": EOS_ID,
+                "shard_tokens": params.shard_tokens,
+                "splits": splits,
+                "tokens_per_second": round(total / seconds),
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    finally:
+        if raw:
+            raw.close()
     for name, split in splits.items():
-        print(f"{name}: {split['lines']:,} lines, {split['tokens']:,} tokens, {split['unk_tokens']:,} <unk> "
-              f"({split['missing_from_vocab']:,} not in vocab.txt), "
+        print(f"{name}: {split['documents']:,} documents, {split['lines']:,} lines, {split['tokens']:,} tokens, "
+              f"{split['unk_tokens']:,} <unk> ({split['missing_from_vocab']:,} not in vocab.txt), "
               f"{len(split['shards'])} shard(s)", file=sys.stderr)
     print(f"sharded {total:,} tokens in {seconds:.2f}s ({total / seconds:,.0f} tokens/s)", file=sys.stderr)
     return manifest
@@ -146,11 +214,12 @@ def shards_for_text(vocab_path: Path, train_corpus: Path, test_corpus: Path, out
         if manifest.is_file():
             made = json.loads(manifest.read_text())
             same = made.get("vocab_sha256") == file_digest(vocab_path) and made.get("sources_sha256") == {
-                "train": file_digest(train_corpus), "test": file_digest(test_corpus)}
+                "test": file_digest(test_corpus), "valid": file_digest(test_corpus), "train": file_digest(train_corpus)}
             if same:
                 print(f"reusing the shards in {out}: vocab and corpora are unchanged", file=sys.stderr)
                 return manifest
-        make_shards(vocab_path, train_corpus, test_corpus, out, ShardsParams())
+        # The eval corpus serves as validation split too: the reference's training evaluates on it.
+        make_shards(vocab_path, train_corpus, test_corpus, test_corpus, None, None, out, ShardsParams())
     return manifest
 
 
@@ -185,6 +254,33 @@ def check_vocab(manifest_path: str | os.PathLike) -> None:
                         "re-run make_shards (snakemake does when vocab.txt changes)")
 
 
+def text_stream(text: Path, vocab_path: Path) -> tuple[TokenStream, int]:
+    """Raw text as the shards would hold it, and its bytes counted as `shard_split` counts them.
+
+    Each non-blank line is tokenized as expanda tokenizes a corpus line; a blank line ends a document
+    (`</s>`, as does the end of the file). test/text.txt of the shards reads back to the same ids.
+    """
+    tokenizer = load_tokenizer(vocab_path)
+    ids: list[int] = []
+    n_bytes, open_doc = 0, False
+    with open(text, encoding="utf-8") as fh:
+        while batch := list(itertools.islice(fh, BATCH_DOCS)):
+            encoded = iter(tokenizer.encode_batch([line for line in batch if line.strip()]))
+            for line in batch:
+                if line.strip():
+                    ids.extend(next(encoded).ids)
+                    n_bytes += len(line.rstrip("\n").encode("utf-8")) + 1
+                    open_doc = True
+                elif open_doc:
+                    ids.append(EOS_ID)
+                    open_doc = False
+    if open_doc:
+        ids.append(EOS_ID)
+    if len(ids) < 2:
+        raise UserError(f"{text}: no text to score (a blank line separates documents)")
+    return TokenStream.of(np.asarray(ids, dtype=DTYPE), tokenizer.get_vocab_size()), n_bytes
+
+
 class TokenStream:
     """A split's shards as one read-only sequence of ids, memory-mapped (no copies within a shard)."""
 
@@ -194,6 +290,14 @@ class TokenStream:
         shards = self.manifest["splits"][split]["shards"]
         self.parts = [np.memmap(manifest_path.parent / s["file"], dtype=DTYPE, mode="r") for s in shards]
         self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    @classmethod
+    def of(cls, ids: np.ndarray, vocab_size: int) -> TokenStream:
+        """A stream over ids in memory; its manifest holds only the vocabulary size."""
+        stream = cls.__new__(cls)
+        stream.manifest, stream.parts = {"vocab_size": vocab_size}, [ids]
+        stream.starts = np.cumsum([0, len(ids)])
+        return stream
 
     def __len__(self) -> int:
         return int(self.starts[-1])

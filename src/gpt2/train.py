@@ -236,7 +236,7 @@ def setup(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
     if env.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Run(params, model_cfg, outputs, env, batches, TokenStream(shards, "test"), accum,
+    return Run(params, model_cfg, outputs, env, batches, TokenStream(shards, "valid"), accum,
                use_bf16(params.amp, env.device))
 
 
