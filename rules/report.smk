@@ -136,25 +136,6 @@ rule runtime_table:
         "python -m gpt2 table runtime --inputs {params.benchmarks} --csv {output.csv} --html {output.html} 2> {log}"
 
 
-rule rulegraph:
-    output:
-        report(
-            "results/report/rulegraph.svg",
-            caption="../report/rulegraph.rst",
-            category="Rule graph",
-            labels={"figure": "rule graph"},
-        ),
-    log:
-        "results/logs/rulegraph.log",
-    conda:
-        "../envs/report.yaml"
-    params:
-        snakefile=workflow.main_snakefile,
-    shell:
-        "snakemake -s {params.snakefile} --directory . --nolock --rulegraph dot report_all 2> {log}"
-        " | dot -Tsvg > {output} 2>> {log}"
-
-
 # Everything the report shows; `make report` builds this, then runs --report.
 rule report_all:
     input:
@@ -163,4 +144,3 @@ rule report_all:
         "results/tables/evaluation.html",
         "results/tables/corpus.html",
         "results/tables/runtime.html",
-        "results/report/rulegraph.svg",

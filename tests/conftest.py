@@ -17,7 +17,7 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def snakemake(workdir: Path, *targets: str, config: dict | None = None, extra: tuple[str, ...] = (),
-              timeout: float = 900) -> subprocess.CompletedProcess:
+              timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the project's Snakefile in `workdir` (outputs land there), config merged over the defaults."""
     cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
            *extra, *targets]
@@ -25,7 +25,8 @@ def snakemake(workdir: Path, *targets: str, config: dict | None = None, extra: t
         cfg = workdir / "test-config.yaml"
         cfg.write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(cfg)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
+                          env={**os.environ, **(env or {})})
 
 
 def gpt2(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
