@@ -45,6 +45,12 @@ else:
 DUMP_NAME = dump_name(from_values(DumpParams, config["dump"]))
 DUMP = f"resources/dumps/{DUMP_NAME}.xml.bz2"
 DUMP_INFO = f"resources/dumps/{DUMP_NAME}.json"
+# A whole wiki (dump.source wiki): its files in a folder, the scatter-gather's in results/wiki/.
+WIKI = config["dump"]["source"] == "wiki"
+WIKI_DIR = f"resources/dumps/{DUMP_NAME}"
+if WIKI:
+    DUMP_INFO = f"{WIKI_DIR}/dump.json"
+BUCKETS = [f"results/wiki/buckets/{b}" for b in range(config["corpus"]["chunks"])]
 # Unit article: expanda's sidecar says which article each block of lines came from.
 ARTICLES = (
     {"articles": "results/corpus/corpus.articles.tsv"}
@@ -73,6 +79,39 @@ def dump_flags():
     return cli_flags(DumpParams, {**d, **unused})
 
 
+def corpus_flags(*names):
+    """The corpus settings a job uses (only those: editing another one reruns nothing)."""
+    others = tuple(f for f in config["corpus"] if f not in names)
+    return cli_flags(CorpusParams, config["corpus"], skip=others)
+
+
+def wiki_pieces():
+    """(file, index, piece, pieces) of every extraction job, once list_dump has run."""
+    from gpt2.corpus import plan_pieces
+
+    listing = checkpoints.list_dump.get().output[0]
+    return plan_pieces(listing, config["corpus"]["chunks"])
+
+
+def extracted_dirs(wildcards=None):
+    return [f"results/wiki/extracted/{f}/{k}" for f, _, k, _ in wiki_pieces()]
+
+
+def extract_inputs(wildcards):
+    """The file an extraction job reads, and its index where the file is cut into pieces."""
+    inputs = {"dump": f"{WIKI_DIR}/{wildcards.file}", "expanda": "results/expanda"}
+    for file, index, _, pieces in wiki_pieces():
+        if file == wildcards.file and pieces > 1:
+            inputs["index"] = f"{WIKI_DIR}/{index}"
+    return inputs
+
+
+def piece_flags(wildcards, input):
+    pieces = max(p for f, _, _, p in wiki_pieces() if f == wildcards.file)
+    index = f"--index {input.index}" if "index" in input.keys() else ""
+    return f"--piece {wildcards.piece} --pieces {pieces} {index}"
+
+
 def articles_flag(wildcards, input):
     return f"--articles {input.articles}" if ARTICLES else ""
 
@@ -96,5 +135,20 @@ def train_launcher():
 
 def benchmark_files(models):
     stages = ["fetch_dump", "patch_expanda", "build_corpus", "make_shards"]
+    if (
+        WIKI
+    ):  # (the per-file jobs' benchmarks are in results/benchmarks/{fetch_part,extract_chunk}/)
+        buckets = range(config["corpus"]["chunks"])
+        stages = [
+            "list_dump",
+            "patch_expanda",
+            *(f"gather_bucket/{b}" for b in buckets),
+            "train_vocab",
+        ]
+        stages += [
+            *(f"tokenize_bucket/{b}" for b in buckets),
+            "gather_corpus",
+            "make_shards",
+        ]
     stages += [f"{stage}/{m}" for m in models for stage in ("train", "evaluate")]
     return [f"results/benchmarks/{stage}.tsv" for stage in stages]

@@ -16,28 +16,140 @@ rule patch_expanda:
         "python -m gpt2 patch-expanda --out {output} --patches {input.patches} 2> {log}"
 
 
-rule build_corpus:
-    input:
-        dump=DUMP,
-        info=DUMP_INFO,
-        expanda="results/expanda",
-        reuse=INPUT_VOCAB,
-    output:
-        **ARTICLES,
-        vocab="results/corpus/vocab.txt",
-        raw="results/corpus/corpus.raw.txt",
-        train="results/corpus/corpus.train.txt",
-        valid="results/corpus/corpus.valid.txt",
-        test="results/corpus/corpus.test.txt",
-    log:
-        "results/logs/build_corpus.log",
-    benchmark:
-        "results/benchmarks/build_corpus.tsv"
-    conda:
-        "../envs/corpus.yaml"
-    threads: config["corpus"]["threads"]
-    params:
-        flags=cli_flags(CorpusParams, config["corpus"], skip=("threads",)),
-    shell:
-        "python -m gpt2 build-corpus --dump {input.dump} --expanda {input.expanda}"
-        " --out results/corpus --threads {threads} {params.flags} 2> {log}"
+if not WIKI:
+
+    rule build_corpus:
+        input:
+            dump=DUMP,
+            info=DUMP_INFO,
+            expanda="results/expanda",
+            reuse=INPUT_VOCAB,
+        output:
+            **ARTICLES,
+            vocab="results/corpus/vocab.txt",
+            raw="results/corpus/corpus.raw.txt",
+            train="results/corpus/corpus.train.txt",
+            valid="results/corpus/corpus.valid.txt",
+            test="results/corpus/corpus.test.txt",
+        log:
+            "results/logs/build_corpus.log",
+        benchmark:
+            "results/benchmarks/build_corpus.tsv"
+        conda:
+            "../envs/corpus.yaml"
+        threads: config["corpus"]["threads"]
+        params:
+            flags=cli_flags(CorpusParams, config["corpus"], skip=("threads",)),
+        shell:
+            "python -m gpt2 build-corpus --dump {input.dump} --expanda {input.expanda}"
+            " --out results/corpus --threads {threads} {params.flags} 2> {log}"
+
+else:
+
+    # Scatter: one job per file or piece; its articles go to buckets by a seeded hash of the page id.
+    rule extract_chunk:
+        input:
+            unpack(extract_inputs),
+        output:
+            directory("results/wiki/extracted/{file}/{piece}"),
+        log:
+            "results/logs/extract_chunk/{file}/{piece}.log",
+        benchmark:
+            "results/benchmarks/extract_chunk/{file}/{piece}.tsv"
+        wildcard_constraints:
+            piece=r"\d+",
+        conda:
+            "../envs/corpus.yaml"
+        threads: config["corpus"]["threads"]
+        params:
+            piece=piece_flags,
+            flags=corpus_flags(
+                "min_length", "max_length", "split_sent", "seed", "chunks"
+            ),
+        shell:
+            "python -m gpt2 extract-chunk --dump {input.dump} {params.piece} --expanda {input.expanda}"
+            " --out {output} --threads {threads} {params.flags} 2> {log}"
+
+    # Gather: each bucket from every piece, in hash order, with each article's split.
+    rule gather_bucket:
+        input:
+            extracted_dirs,
+        output:
+            directory("results/wiki/buckets/{bucket}"),
+        log:
+            "results/logs/gather_bucket/{bucket}.log",
+        benchmark:
+            "results/benchmarks/gather_bucket/{bucket}.tsv"
+        wildcard_constraints:
+            bucket=r"\d+",
+        conda:
+            "../envs/corpus.yaml"
+        params:
+            flags=corpus_flags("split_ratio", "valid_ratio", "seed", "chunks"),
+        shell:
+            "python -m gpt2 gather-bucket --extracted {input} --bucket {wildcards.bucket} --out {output}"
+            " {params.flags} 2> {log}"
+
+    rule train_vocab:
+        input:
+            buckets=BUCKETS,
+            expanda="results/expanda",
+            reuse=INPUT_VOCAB,
+        output:
+            "results/corpus/vocab.txt",
+        log:
+            "results/logs/train_vocab.log",
+        benchmark:
+            "results/benchmarks/train_vocab.tsv"
+        conda:
+            "../envs/corpus.yaml"
+        params:
+            flags=corpus_flags(
+                "vocab_size", "limit_alphabet", "subset_size", "input_vocab"
+            ),
+        shell:
+            "python -m gpt2 train-vocab --buckets {input.buckets} --expanda {input.expanda} --out {output}"
+            " {params.flags} 2> {log}"
+
+    rule tokenize_bucket:
+        input:
+            bucket="results/wiki/buckets/{bucket}",
+            vocab="results/corpus/vocab.txt",
+            expanda="results/expanda",
+        output:
+            "results/wiki/tokens/{bucket}.txt",
+        log:
+            "results/logs/tokenize_bucket/{bucket}.log",
+        benchmark:
+            "results/benchmarks/tokenize_bucket/{bucket}.tsv"
+        wildcard_constraints:
+            bucket=r"\d+",
+        conda:
+            "../envs/corpus.yaml"
+        shell:
+            "python -m gpt2 tokenize-bucket --bucket {input.bucket} --vocab {input.vocab}"
+            " --expanda {input.expanda} --out {output} 2> {log}"
+
+    rule gather_corpus:
+        input:
+            listing=f"{WIKI_DIR}/files.json",
+            extracted=extracted_dirs,
+            buckets=BUCKETS,
+            tokens=[f"results/wiki/tokens/{b}.txt" for b in range(len(BUCKETS))],
+        output:
+            **ARTICLES,
+            raw="results/corpus/corpus.raw.txt",
+            train="results/corpus/corpus.train.txt",
+            valid="results/corpus/corpus.valid.txt",
+            test="results/corpus/corpus.test.txt",
+            info=DUMP_INFO,
+        log:
+            "results/logs/gather_corpus.log",
+        benchmark:
+            "results/benchmarks/gather_corpus.tsv"
+        conda:
+            "../envs/corpus.yaml"
+        shell:
+            "python -m gpt2 gather-corpus --listing {input.listing} --extracted {input.extracted}"
+            " --buckets {input.buckets} --tokens {input.tokens} --out results/corpus --info {output.info}"
+            " 2> {log}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bz2
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -48,6 +50,65 @@ def write_dump(path: Path, pages: list[tuple[int, str, str]], lang: str = "en") 
            f"</namespaces></siteinfo>\n{body}</mediawiki>\n")
     path.write_bytes(bz2.compress(xml.encode("utf-8")))
     return path
+
+
+class DumpServer(http.server.ThreadingHTTPServer):
+    """Serves `files` on 127.0.0.1 with Range support; can cut the first N responses short."""
+
+    def __init__(self, files: dict[str, bytes]):
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.files = files
+        self.cut_at: int | None = None  # drop the connection after this many body bytes
+        self.cuts_left = 0
+        self.log: list[dict] = []  # one entry per dump request: range asked, bytes sent
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        data = self.server.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        header = self.headers.get("Range")
+        if header:
+            start = int(header.removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.server.cuts_left and self.path.endswith(".bz2"):
+            self.server.cuts_left -= 1
+            body = body[: self.server.cut_at]
+            self.close_connection = True
+        self.wfile.write(body)
+        if self.path.endswith(".bz2"):
+            self.server.log.append({"range": header, "sent": len(body)})
+
+
+def serve(files: dict[str, bytes]):
+    """A DumpServer on a thread for the length of a fixture (yield from it)."""
+    srv = DumpServer(files)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import collections
 import csv
 import hashlib
 import importlib.util
@@ -16,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, snakemake, write_dump
+from conftest import ROOT, gpt2, serve, snakemake, write_dump
 from gpt2 import UserError
-from gpt2.corpus import _run_expanda, corpus_files, installed_expanda, patch_expanda, render_config
+from gpt2.corpus import (_run_expanda, corpus_files, installed_expanda, patch_expanda, piece_ranges, render_config,
+                         stream_offsets)
+from gpt2.files import file_digest
 from gpt2.params import CorpusParams
 from gpt2.vocab import SPECIALS
+from wikidump import dump_files, multistream, sample_export, write_mirror
 
 CORPUS = [f"results/corpus/{name}" for name in corpus_files("article")]
 # sha256 of corpus.raw.txt that expanda 1.3.1 (patches 0001-0004 only) built from the sample with seed 0 and
@@ -184,7 +188,7 @@ def test_bad_dump_fails_the_workflow_cleanly(tmp_path, sample_dump, kind, messag
     ({"corpus": {"vocab_size": 70000}}, "config: corpus.vocab_size = 70000 is out of range (must be <= 65535)"),
     ({"corpus": {"split_ratio": 0}}, "config: corpus.split_ratio = 0 is out of range (must be > 0)"),
     ({"corpus": {"vocab": 10}}, "config: unknown key corpus.vocab (allowed here:"),
-    ({"dump": {"source": "ftp"}}, "config: dump.source = 'ftp' must be one of sample, url, path"),
+    ({"dump": {"source": "ftp"}}, "config: dump.source = 'ftp' must be one of sample, url, path, wiki"),
     ({"corpus": {"threads": "two"}}, "config: corpus.threads = 'two' has the wrong type (expected integer)"),
 ])
 @pytest.mark.reliability
@@ -313,3 +317,93 @@ def test_input_vocab_is_reused_and_packed_lines_keep_articles(sample_run, tmp_pa
     with pytest.raises(UserError, match="corpus.input_vocab"):
         build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda",
                      tmp_path / "x", CorpusParams(input_vocab=str(tmp_path / "missing.txt")))
+
+
+# --- whole wikis: one extraction job per part or piece, gathered ---------------------------
+
+WIKI_DATE = "20260101"
+
+
+def _wiki_config(mirror: str, chunks: int) -> dict:
+    return {"dump": {"source": "wiki", "wiki": "enwiki", "date": "latest", "mirror": mirror},
+            "corpus": {"chunks": chunks, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def wiki_parts():
+    """The sample's pages as a three-part enwiki dump (header, parts, footer)."""
+    header, pages, footer = sample_export()
+    return header, [pages[:70], pages[70:140], pages[140:]], footer
+
+
+@pytest.fixture(scope="module")
+def wiki_run(tmp_path_factory, wiki_parts):
+    """A three-part dump served over loopback HTTP, built by Snakemake into shards."""
+    header, parts, footer = wiki_parts
+    files = {f"/enwiki/{WIKI_DATE}/{name}": data for name, data in dump_files("enwiki", WIKI_DATE, parts, header,
+                                                                               footer).items()}
+    files["/enwiki/"] = f'<a href="{WIKI_DATE}/">{WIKI_DATE}/</a>'.encode()
+    work = tmp_path_factory.mktemp("wiki")
+    for server in serve(files):
+        proc = snakemake(work, "results/shards/manifest.json", config=_wiki_config(server.base, 3))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def test_wiki_parts_are_separate_jobs_with_the_sentences_of_one_job(wiki_run, sample_run):
+    logs = sorted((wiki_run / "results/logs/extract_chunk").glob("*/0.log"))
+    assert len(logs) == 3 and all(re.search(r"articles/s, [\d.]+ MB of bz2/s", log.read_text()) for log in logs)
+    ours, one_job = ((work / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()
+                     for work in (wiki_run, sample_run))
+    assert collections.Counter(ours) == collections.Counter(one_job)
+    rows = _articles(wiki_run)
+    assert len({r["page_id"] for r in rows}) == len(rows) == len(_articles(sample_run))
+    n = len(rows)
+    assert [r["split"] for r in rows] == (["test"] * math.ceil(n * 0.1) + ["valid"] * math.ceil(n * 0.05)
+                                          + ["train"] * (n - math.ceil(n * 0.1) - math.ceil(n * 0.05)))
+    manifest = json.loads((wiki_run / "results/shards/manifest.json").read_text())
+    assert manifest["unit"] == "article" and manifest["splits"]["test"]["documents"] == math.ceil(n * 0.1)
+    info = json.loads((wiki_run / "resources/dumps/enwiki-latest/dump.json").read_text())
+    assert (info["date"], info["lang"], info["articles"], len(info["files"])) == (WIKI_DATE, "en", n, 3)
+
+
+def test_a_single_file_cut_into_pieces_gives_the_same_corpus(wiki_run, wiki_parts, tmp_path):
+    """One multistream file in 4 pieces and 4 buckets: the very corpus of 3 parts in 3 buckets."""
+    header, parts, footer = wiki_parts
+    mirror = write_mirror(tmp_path / "mirror", "enwiki", WIKI_DATE,
+                          dump_files("enwiki", WIKI_DATE, [sum(parts, [])], header, footer))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, "results/corpus/corpus.raw.txt", config=_wiki_config(str(mirror), 4))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((work / "results/wiki/extracted").glob("*/*"))) == 4
+    for name in ("corpus.raw.txt", "corpus.articles.tsv", "corpus.train.txt", "vocab.txt"):
+        assert file_digest(work / "results/corpus" / name) == file_digest(wiki_run / "results/corpus" / name), name
+
+
+def test_pieces_start_at_index_offsets_and_keep_the_header(wiki_parts, tmp_path):
+    header, parts, footer = wiki_parts
+    files = dump_files("enwiki", WIKI_DATE, [sum(parts, [])], header, footer, per_stream=10)
+    data_name = next(n for n in files if "multistream.xml" in n)
+    index = tmp_path / "index.bz2"
+    index.write_bytes(files[data_name.replace("multistream.xml", "multistream-index.txt")])
+    offsets = stream_offsets(index)
+    assert len(offsets) == 21 and offsets[0] == len(bz2.compress(header.encode()))
+    pieces = [piece_ranges(offsets, len(files[data_name]), k, 3) for k in range(3)]
+    assert all(p[0] == (0, offsets[0]) for p in pieces)
+    assert [p[1][0] for p in pieces] == [offsets[0], offsets[7], offsets[14]]
+    assert pieces[0][1][1] == pieces[1][1][0] and pieces[2][1][1] == len(files[data_name])
+
+
+@pytest.mark.reliability
+def test_a_truncated_part_is_one_error_naming_it(wiki_parts, tmp_path, sample_run):
+    header, parts, footer = wiki_parts
+    data, _ = multistream(header, parts[0], footer, 10)
+    dump = tmp_path / "part.xml.bz2"
+    dump.write_bytes(data[: len(data) // 2])
+    proc = gpt2("extract-chunk", "--dump", str(dump), "--piece", "0", "--pieces", "1", "--expanda",
+                str(sample_run / "results/expanda"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {dump}: the bz2 data ends early (truncated file); "
+                                                    "fetch it again")
+    assert not (tmp_path / "out").exists()

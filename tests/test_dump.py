@@ -3,81 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
+import re
 from pathlib import Path
 
 import pytest
 
-from conftest import gpt2, write_dump
+from conftest import gpt2, serve, snakemake, write_dump
 from gpt2 import UserError
 from gpt2.dump import dump_name, info_path, inspect_dump, partial_path
 from gpt2.params import DumpParams
+from wikidump import dump_files, sample_export
 
 DUMP_FILE = "enwiki-20240801-pages-articles-multistream1.xml-p1p41242.bz2"
-
-
-class DumpServer(http.server.ThreadingHTTPServer):
-    """Serves `files` on 127.0.0.1 with Range support; can cut the first N responses short."""
-
-    def __init__(self, files: dict[str, bytes]):
-        super().__init__(("127.0.0.1", 0), RangeHandler)
-        self.files = files
-        self.cut_at: int | None = None  # drop the connection after this many body bytes
-        self.cuts_left = 0
-        self.log: list[dict] = []  # one entry per dump request: range asked, bytes sent
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        header = self.headers.get("Range")
-        if header:
-            start = int(header.removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.server.cuts_left and self.path.endswith(".bz2"):
-            self.server.cuts_left -= 1
-            body = body[: self.server.cut_at]
-            self.close_connection = True
-        self.wfile.write(body)
-        if self.path.endswith(".bz2"):
-            self.server.log.append({"range": header, "sent": len(body)})
 
 
 @pytest.fixture
 def server(sample_dump):
     data = sample_dump.read_bytes()
     sums = f"{hashlib.sha1(data).hexdigest()}  {DUMP_FILE}\n{'0' * 40}  enwiki-20240801-other.xml.bz2\n"
-    srv = DumpServer({f"/enwiki/20240801/{DUMP_FILE}": data,
+    yield from serve({f"/enwiki/20240801/{DUMP_FILE}": data,
                       "/enwiki/20240801/enwiki-20240801-sha1sums.txt": sums.encode()})
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 def _fetch_url(server, out: Path, *extra: str):
@@ -201,3 +147,71 @@ def test_a_server_sending_wrong_bytes_is_caught(server, tmp_path, sample_dump):
     proc = _fetch_url(server, out)  # the published sha1sums are those of the good file
     assert proc.returncode == 2 and "sha1 mismatch" in proc.stderr.strip().splitlines()[-1]
     assert not out.exists() and not partial_path(out).exists()
+
+
+# --- whole wikis: dumpstatus.json, parts, one fetch job per file -----------------------------
+
+WIKI_DATE = "20260101"
+
+
+@pytest.fixture
+def wiki_server():
+    """enwiki with a finished three-part dump and a newer one still running, over loopback HTTP."""
+    header, pages, footer = sample_export()
+    files = dump_files("enwiki", WIKI_DATE, [pages[:70], pages[70:140], pages[140:]], header, footer)
+    served = {f"/enwiki/{WIKI_DATE}/{name}": data for name, data in files.items()}
+    running = {"jobs": {"articlesmultistreamdump": {"status": "in-progress", "files": {}}}}
+    served["/enwiki/20260201/dumpstatus.json"] = json.dumps(running).encode()
+    served["/enwiki/"] = b'<a href="20251201/">20251201/</a> <a href="20260101/">20260101/</a> <a href="20260201/">'
+    yield from serve(served)
+
+
+def _list(server, tmp_path, *flags: str):
+    out = tmp_path / "files.json"
+    proc = gpt2("list-dump", "--source", "wiki", "--wiki", "enwiki", "--mirror", server.base, "--out", str(out),
+                "--timeout_s", "10", *flags)
+    return proc, out
+
+
+def test_latest_is_the_newest_finished_dump_and_parts_pick_files(wiki_server, tmp_path):
+    proc, out = _list(wiki_server, tmp_path, "--parts", "2-3")
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(out.read_text())
+    assert listing["date"] == WIKI_DATE  # 20260201 is still running
+    assert [p["part"] for p in listing["parts"]] == [2, 3]
+    assert all(p["index"] in listing["files"] and p["file"] in listing["files"] for p in listing["parts"])
+    assert len(listing["files"]) == 4 and all(len(m["sha1"]) == 40 for m in listing["files"].values())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--parts", "4"), "error: dump.parts 4: the dump has no part 4 (it has 1-3)"),
+    (("--date", "20260201"), "error: dump.wiki enwiki: no finished articlesmultistreamdump in dumpstatus.json of "
+                             "20260201; set dump.date to a finished dump"),
+    (("--date", "20240101"), "answered HTTP 404"),
+])
+def test_listing_errors_name_the_setting(wiki_server, tmp_path, flags, message):
+    proc, out = _list(wiki_server, tmp_path, *flags)
+    assert proc.returncode == 2 and not out.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+@pytest.mark.reliability
+def test_a_wrong_sha1_fails_that_part_alone(tmp_path):
+    header, pages, footer = sample_export()
+    files = dump_files("enwiki", WIKI_DATE, [pages[:70], pages[70:140], pages[140:]], header, footer)
+    bad = next(name for name in files if "multistream2.xml" in name)
+    status = json.loads(files["dumpstatus.json"])
+    status["jobs"]["articlesmultistreamdump"]["files"][bad]["sha1"] = "0" * 40
+    files["dumpstatus.json"] = json.dumps(status).encode()
+    config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": WIKI_DATE, "mirror": ""},
+              "corpus": {"chunks": 3, "threads": 1}}
+    for server in serve({f"/enwiki/{WIKI_DATE}/{name}": data for name, data in files.items()}):
+        config["dump"]["mirror"] = server.base
+        proc = snakemake(tmp_path, "results/corpus/corpus.raw.txt", config=config, extra=("--keep-going",))
+    assert proc.returncode != 0
+    errors = (tmp_path / f"results/logs/fetch_part/{bad}.log").read_text().strip().splitlines()[-1]
+    assert errors.startswith(f"error: {bad}: sha1 mismatch, expected {'0' * 40} but the file has ")
+    assert not (tmp_path / f"resources/dumps/enwiki-{WIKI_DATE}" / bad).exists()
+    done = sorted(p.parent.parent.name for p in (tmp_path / "results/wiki/extracted").glob("*/0/stats.json"))
+    assert done == sorted(name for name in files if re.search(r"multistream[13]\.xml", name))

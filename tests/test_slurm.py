@@ -10,8 +10,9 @@ import subprocess
 import pytest
 
 import slurm_cluster
-from conftest import ROOT, TINY_CONFIG, snakemake
+from conftest import ROOT, TINY_CONFIG, serve, snakemake
 from gpt2.launch import launch_command
+from wikidump import dump_files, sample_export
 
 SLURM_CONFIG = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10}}
 PROFILE = ("--profile", str(ROOT / "profiles/slurm"), "--workflow-profile", str(ROOT / "tests/slurm_profile"))
@@ -77,3 +78,24 @@ def test_whole_pipeline_runs_as_slurm_jobs(cluster, tmp_path):
     rows = [[line.split(",")[:4] for line in (d / "results/train/tiny/metrics.csv").read_text().splitlines()]
             for d in (work, local)]
     assert rows[0] == rows[1]
+
+
+@pytest.mark.slurm
+def test_a_three_part_wiki_is_built_by_slurm_jobs(cluster, tmp_path):
+    """Fetches stay on the login node; every extraction and gather job is a SLURM job."""
+    header, pages, footer = sample_export()
+    files = dump_files("enwiki", "20260101", [pages[:70], pages[70:140], pages[140:]], header, footer)
+    config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": "20260101"}, "corpus": {"chunks": 3}}
+    for server in serve({f"/enwiki/20260101/{name}": data for name, data in files.items()}):
+        config["dump"]["mirror"] = server.base
+        proc = snakemake(tmp_path, "results/corpus/corpus.raw.txt", config=config, extra=PROFILE)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    jobs = re.findall(r"SLURM jobid (\d+) \(log: \S+/rule_(\w+)/", log)
+    assert sorted(rule for _, rule in jobs) == sorted(["patch_expanda", "train_vocab", "gather_corpus"]
+                                                      + ["extract_chunk", "gather_bucket", "tokenize_bucket"] * 3)
+    assert not {"list_dump", "fetch_part"} & {rule for _, rule in jobs}
+    for job, rule in jobs:
+        show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=cluster).stdout
+        assert "JobState=COMPLETED" in show, (rule, show)
+    assert (tmp_path / "results/corpus/corpus.articles.tsv").read_text().count("\n") == 104  # header + 103

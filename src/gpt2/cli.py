@@ -86,6 +86,11 @@ TRAIN_CORPUS = _file("train_corpus", "expanda's corpus.train.txt")
 VOCAB = _file("vocab_path", "expanda's vocab.txt (needed with text corpora)")
 MODEL = _file("model_path", "model.pt written by train", required=True)
 NEEDS_VOCAB = _file("vocab_path", "expanda's vocab.txt", required=True)
+# Whole wikis: the stages' folders, passed between the scatter and gather jobs.
+LISTING = _file("listing", "the file list of list-dump", required=True)
+EXPANDA = _file("expanda", "the patched expanda folder", required=True)
+EXTRACTED = _file("extracted", "extract-chunk folders, in file and piece order", required=True, options={"nargs": "+"})
+BUCKETS = _file("buckets", "gather-bucket folders, in bucket order", required=True, options={"nargs": "+"})
 
 
 @dataclass(frozen=True)
@@ -104,9 +109,34 @@ COMMANDS = {
         Arg("out", "folder for the patched copy", required=True),
         _file("patches", "the *.patch files, applied in name order", required=True, options={"nargs": "+"}))),
     "build-corpus": Command("gpt2.corpus:build_corpus", "run the patched expanda on a dump", (
-        _file("dump", "the .xml.bz2 dump", required=True),
-        _file("expanda", "the patched expanda folder", required=True),
+        _file("dump", "the .xml.bz2 dump", required=True), EXPANDA,
         Arg("out", "folder for vocab.txt and corpus.*.txt", required=True)), (CorpusParams,)),
+    "list-dump": Command("gpt2.dump:list_dump", "source wiki: resolve dump.date and list the files of dump.parts "
+                         "from dumpstatus.json", (Arg("out", "the file list (JSON)", required=True),), (DumpParams,)),
+    "fetch-part": Command("gpt2.dump:fetch_part", "source wiki: fetch one listed file, resumable and verified", (
+        LISTING, Arg("file", "the file's name in the listing", str, required=True),
+        Arg("out", "where the file goes", required=True)), (DumpParams,)),
+    "extract-chunk": Command("gpt2.corpus:extract_chunk", "source wiki: expanda's extraction of one piece of a "
+                             "file, its articles scattered over corpus.chunks buckets", (
+        _file("dump", "a pages-articles-multistream .xml.bz2 file", required=True),
+        _file("index", "its multistream index (needed for --pieces > 1)"),
+        Arg("piece", "which piece, from 0", int, required=True),
+        Arg("pieces", "pieces the file is cut into at its bz2 streams", int, required=True),
+        EXPANDA, Arg("out", "folder for the bucket files and stats.json", required=True)), (CorpusParams,)),
+    "gather-bucket": Command("gpt2.corpus:gather_bucket", "source wiki: one bucket of every piece, in hash order, "
+                             "with each article's split", (
+        EXTRACTED, Arg("bucket", "which bucket, from 0", int, required=True),
+        Arg("out", "folder for raw.txt and articles.tsv", required=True)), (CorpusParams,)),
+    "train-vocab": Command("gpt2.corpus:train_vocab", "source wiki: WordPiece on the head of the train articles", (
+        BUCKETS, EXPANDA, Arg("out", "vocab.txt to write", required=True)), (CorpusParams,)),
+    "tokenize-bucket": Command("gpt2.corpus:tokenize_bucket", "source wiki: tokenize one bucket", (
+        _file("bucket", "a gather-bucket folder", required=True), _file("vocab", "vocab.txt", required=True),
+        EXPANDA, Arg("out", "token lines to write", required=True))),
+    "gather-corpus": Command("gpt2.corpus:gather_corpus", "source wiki: the buckets into the corpus files", (
+        LISTING, EXTRACTED, BUCKETS,
+        _file("tokens", "tokenize-bucket outputs, in bucket order", required=True, options={"nargs": "+"}),
+        Arg("out", "folder for corpus.*.txt and corpus.articles.tsv", required=True),
+        Arg("info", "the dump's JSON sidecar to write", required=True))),
     "make-shards": Command("gpt2.shards:make_shards", "token lines -> uint16 shards + manifest.json", (
         _file("vocab_path", "expanda's vocab.txt", required=True),
         _file("train_corpus", "expanda's corpus.train.txt", required=True),

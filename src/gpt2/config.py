@@ -54,11 +54,19 @@ def _normalise_switches(config: dict) -> None:
                 config[name][f.name] = "on" if value else "off"
 
 
+def _normalise_parts(config: dict) -> None:
+    """dump.parts may be written as a number or a YAML list: make it the string the schema takes."""
+    parts = config.get("dump", {}).get("parts")
+    if isinstance(parts, int) or (isinstance(parts, list) and all(isinstance(p, int) for p in parts)):
+        config["dump"]["parts"] = ",".join(map(str, parts if isinstance(parts, list) else [parts]))
+
+
 def check_config(config: dict) -> dict:
     """Validate `config` in place, fill every default and return it.
 
     Raises UserError with one line: the offending key, its value and what is allowed.
     """
+    _normalise_parts(config)
     schema = config_schema()
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:
@@ -80,6 +88,9 @@ def _check_consistency(config: dict) -> None:
         if name not in config["models"]:
             raise UserError(f"config: report.models lists {name!r}, which is not under models: "
                             f"({', '.join(config['models'])})")
+    if config["dump"]["source"] == "wiki" and config["corpus"]["unit"] != "article":
+        raise UserError("config: dump.source wiki builds an article-level corpus in parallel jobs; "
+                        "set corpus.unit: article (unit sentence is the one-job build of a single file)")
     train = from_values(TrainParams, config["train"])
     try:
         accumulation(train, max(1, train.gpus) * train.nodes)

@@ -10,25 +10,35 @@ into place only once they are all valid. The patches make articles the unit
 
 from __future__ import annotations
 
+import bz2
 import collections
+import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from gpt2 import UserError
-from gpt2.files import atomic_dir, file_digest
+from gpt2.dump import SUPPORTED_LANGS
+from gpt2.files import atomic_dir, atomic_path, file_digest
 from gpt2.params import CorpusParams
 from gpt2.vocab import BOS, EOS, PAD, SPECIALS, UNK
 
 EXPANDA_VERSION = "1.3.1"
 TEXT_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.valid.txt", "corpus.test.txt")
 ARTICLES = "corpus.articles.tsv"  # unit article: split, page id, title and lines of each article, in order
+ARTICLE_MARK = b"\x01"  # starts an article's header line in expanda's extraction output (patches/0005)
 
 
 def corpus_files(unit: str) -> tuple[str, ...]:
@@ -151,11 +161,18 @@ def check_outputs(build: Path, unit: str) -> None:
                     raise UserError(f"expanda's {name} line {number} is not space-separated WordPiece tokens")
 
 
-def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> dict:
-    """Build the corpus of `dump` into the folder `out` (its `corpus_files`) and return line counts."""
-    if params.input_vocab and not Path(params.input_vocab).is_file():
+def _input_vocab(params: CorpusParams) -> Path:
+    path = Path(params.input_vocab)
+    if not path.is_file():
         raise UserError(f"corpus.input_vocab {params.input_vocab!r} is not a file: name an existing vocab.txt "
                         "or leave it empty to train one")
+    return path
+
+
+def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> dict:
+    """Build the corpus of `dump` into the folder `out` (its `corpus_files`) and return line counts."""
+    if params.input_vocab:
+        _input_vocab(params)
     if params.min_length >= params.max_length:
         raise UserError(f"corpus.min_length ({params.min_length}) must be below "
                         f"corpus.max_length ({params.max_length})")
@@ -176,3 +193,333 @@ def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> 
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as fh:
         return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+
+
+# --- whole wikis: one extraction job per file or piece, then gather jobs ------------------
+#
+# extract_chunk  one piece of one multistream file -> expanda's Wikipedia extension -> its
+#                articles scattered over `corpus.chunks` buckets by a seeded hash of the page id
+# gather_bucket  one bucket from every piece, its articles sorted by that hash; the global rank
+#                (from the pieces' counts) puts each article in test, valid or train
+# train_vocab    expanda's WordPiece training on the head of the train articles
+# tokenize_bucket expanda's tokenizer on one bucket
+# gather_corpus  the buckets, in order, into results/corpus/ as build_corpus writes it
+#
+# The order of articles is their hash order, so it depends on the dump and corpus.seed only:
+# not on parts, pieces, buckets or the order the jobs ran in. No job holds more than one
+# article's text; gather_bucket holds one bucket's index (~1/chunks of the articles).
+
+FOOTER = bz2.compress(b"</mediawiki>\n")  # closes a piece cut before the dump's last stream
+PROGRESS_S = 10.0
+
+
+def article_key(seed: int, page_id: int) -> int:
+    """The article's place in the shuffled corpus: a 64-bit hash of the seed and page id."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{page_id}".encode(), digest_size=8).digest(), "big")
+
+
+def stream_offsets(index: Path) -> list[int]:
+    """Start offsets of the bz2 streams holding pages, from a multistream index (offset:page id:title)."""
+    offsets: list[int] = []
+    with bz2.open(index, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            offset = int(line.split(":", 1)[0])
+            if not offsets or offset != offsets[-1]:
+                offsets.append(offset)
+    return offsets
+
+
+def plan_pieces(listing: Path, chunks: int) -> list[tuple[str, str, int, int]]:
+    """(file, its index, piece, pieces) of each extraction job: every file of the listing cut into
+    ceil(chunks / files) pieces (one where the dump publishes no index for it)."""
+    parts = json.loads(Path(listing).read_text())["parts"]
+    per_file = math.ceil(chunks / len(parts))
+    plan = []
+    for part in parts:
+        pieces = per_file if part["index"] else 1
+        plan += [(part["file"], part["index"], k, pieces) for k in range(pieces)]
+    return plan
+
+
+def piece_ranges(offsets: list[int], size: int, piece: int, pieces: int) -> list[tuple[int, int]]:
+    """Byte ranges of piece `piece` of `pieces`: the header stream, then a contiguous run of page streams."""
+    lo, hi = piece * len(offsets) // pieces, (piece + 1) * len(offsets) // pieces
+    end = offsets[hi] if hi < len(offsets) else size  # the last piece keeps the closing stream
+    return [(0, offsets[0])] + ([(offsets[lo], end)] if lo < hi else [])
+
+
+class Segments(io.RawIOBase):
+    """Byte ranges of a file, then `tail`, read as one stream; logs MB of bz2 read per second."""
+
+    def __init__(self, path: Path, ranges: list[tuple[int, int]], tail: bytes):
+        super().__init__()
+        self.fh = open(path, "rb")
+        self.parts = [(start, end - start) for start, end in ranges]
+        self.tail = tail
+        self.label, self.total = Path(path).name, sum(n for _, n in self.parts) + len(tail)
+        self.done, self.started, self.logged = 0, time.perf_counter(), time.perf_counter()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.parts and self.parts[0][1] == 0:
+            self.parts.pop(0)
+        if self.parts:
+            start, left = self.parts[0]
+            self.fh.seek(start)
+            data = self.fh.read(min(len(buffer), left))
+            self.parts[0] = (start + len(data), left - len(data))
+        else:
+            data, self.tail = self.tail[:len(buffer)], self.tail[len(buffer):]
+        buffer[:len(data)] = data
+        self._progress(len(data))
+        return len(data)
+
+    def _progress(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.logged >= PROGRESS_S:
+            self.logged = now
+            print(f"{self.label}: {self.done / 1e6:,.1f} of {self.total / 1e6:,.1f} MB of bz2 read, "
+                  f"{self.done / 1e6 / (now - self.started):.2f} MB/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def _dump_language(dump: Path, header_end: int | None) -> str:
+    """The dump's xml:lang from its first stream (the <mediawiki> and <siteinfo> header)."""
+    with open(dump, "rb") as fh:
+        head = bz2.BZ2Decompressor().decompress(fh.read(header_end or 1 << 20), max_length=1 << 16)
+    match = re.search(rb'<mediawiki[^>]*xml:lang="([^"]+)"', head)
+    if match is None:
+        raise UserError(f"{dump}: no <mediawiki xml:lang=...> header; is this a pages-articles dump?")
+    lang = match[1].decode()
+    if lang not in SUPPORTED_LANGS:
+        raise UserError(f"{dump}: language {lang!r} is not supported by expanda "
+                        f"(supported: {', '.join(SUPPORTED_LANGS)})")
+    return lang
+
+
+def _import_patched(expanda: Path):
+    """The patched expanda package of `patch_expanda`, imported ahead of site-packages."""
+    sys.path.insert(0, str(Path(expanda).resolve()))
+    import expanda as module
+
+    if Path(module.__file__).resolve().parent != (Path(expanda) / "expanda").resolve():
+        raise UserError(f"expanda was imported from {module.__file__}, not from {expanda}")
+    return module
+
+
+def extract_chunk(dump: Path, index: Path | None, piece: int, pieces: int, expanda: Path, out: Path,
+                  params: CorpusParams) -> dict:
+    """Extract piece `piece` of `pieces` of one dump file and scatter its articles into bucket files in `out`."""
+    _import_patched(expanda)
+    from expanda.extension import Extension
+
+    if pieces > 1 and index is None:
+        raise UserError(f"{dump}: cutting it into {pieces} pieces needs its multistream index file")
+    size = Path(dump).stat().st_size
+    ranges = piece_ranges(stream_offsets(index), size, piece, pieces) if index else [(0, size)]
+    lang = _dump_language(dump, ranges[0][1] if index else None)
+    started = time.perf_counter()
+    with atomic_dir(out) as staging:
+        text = staging / "extracted.txt"
+        (staging / "tmp").mkdir()
+        reader = Segments(dump, ranges, FOOTER if ranges[-1][1] < size else b"")
+        try:
+            Extension("expanda.ext.wikipedia").call(reader, str(text), str(staging / "tmp"), _wiki_args(params))
+        except EOFError:
+            raise UserError(f"{dump}: the bz2 data ends early (truncated file); fetch it again") from None
+        except (OSError, ET.ParseError) as exc:
+            raise UserError(f"{dump} piece {piece}: not a readable MediaWiki bz2 export ({exc})") from None
+        finally:
+            reader.close()
+        stats = scatter(text, staging, params)
+        text.unlink()
+        shutil.rmtree(staging / "tmp")
+        seconds = time.perf_counter() - started
+        stats.update(file=Path(dump).name, piece=piece, pieces=pieces, lang=lang, bz2_bytes=reader.total,
+                     seconds=round(seconds, 3))
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    print(f"{Path(dump).name} piece {piece + 1}/{pieces}: {stats['articles']:,} articles, "
+          f"{stats['sentences']:,} sentences in {seconds:.1f}s ({stats['articles'] / seconds:,.1f} articles/s, "
+          f"{reader.total / 1e6 / seconds:.2f} MB of bz2/s)", file=sys.stderr)
+    return stats
+
+
+def _wiki_args(params: CorpusParams) -> dict[str, str]:
+    """The [expanda.ext.wikipedia] options, as expanda.cfg would give them."""
+    return {"num-cores": str(params.threads), "min-length": str(params.min_length),
+            "max-length": str(params.max_length), "split-sent": str(params.split_sent).lower(), "unit": "article"}
+
+
+def _articles(path: Path):
+    """(page id, title, lines) of each article in an extension output / bucket file, lines as bytes."""
+    page = None
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.startswith(ARTICLE_MARK):
+                if page:
+                    yield page
+                page_id, title = line[1:].decode("utf-8").rstrip("\n").split("\t", 1)
+                page = (int(page_id), title, [])
+            elif page and line.strip():
+                page[2].append(line)
+    if page:
+        yield page
+
+
+def scatter(text: Path, out: Path, params: CorpusParams) -> dict:
+    """Append each article with sentences to bucket file `<bucket>.txt` in `out`; return the counts."""
+    buckets = [open(out / f"{b}.txt", "wb") for b in range(params.chunks)]
+    counts = [0] * params.chunks
+    articles = sentences = 0
+    try:
+        for page_id, title, lines in _articles(text):
+            if not lines:
+                continue  # as in a one-job build: an article without sentences is dropped
+            b = article_key(params.seed, page_id) * params.chunks >> 64
+            buckets[b].write(f"\x01{page_id}\t{title}\n".encode("utf-8"))
+            buckets[b].writelines(lines)
+            counts[b] += 1
+            articles, sentences = articles + 1, sentences + len(lines)
+    finally:
+        for fh in buckets:
+            fh.close()
+    return {"articles": articles, "sentences": sentences, "bucket_articles": counts}
+
+
+def _bucket_ranks(extracted: list[Path], bucket: int) -> tuple[int, int]:
+    """(articles in all buckets, rank of this bucket's first article), from the pieces' counts."""
+    counts = [json.loads((Path(c) / "stats.json").read_text())["bucket_articles"] for c in extracted]
+    per_bucket = [sum(column) for column in zip(*counts)]
+    return sum(per_bucket), sum(per_bucket[:bucket])
+
+
+def split_sizes(articles: int, params: CorpusParams) -> tuple[int, int]:
+    """Test and validation articles: the first ceil(N x split_ratio), then ceil(N x valid_ratio)."""
+    test, valid = math.ceil(articles * params.split_ratio), math.ceil(articles * params.valid_ratio)
+    if test + valid >= articles:
+        raise UserError(f"{articles} articles leave none for training after {test} test and {valid} "
+                        "validation ones: lower corpus.split_ratio / corpus.valid_ratio or use more parts")
+    return test, valid
+
+
+def gather_bucket(extracted: list[Path], bucket: int, out: Path, params: CorpusParams) -> int:
+    """One bucket from every piece, in hash order, into `out`/{raw.txt, articles.tsv}; return its articles."""
+    total, rank = _bucket_ranks(extracted, bucket)
+    n_test, n_valid = split_sizes(total, params)
+    index = []  # (key, page id, title, file, offset, lines): the bucket's index, not its text
+    files = [Path(c) / f"{bucket}.txt" for c in extracted]
+    for number, path in enumerate(files):
+        with open(path, "rb") as fh:
+            for line in iter(fh.readline, b""):
+                if line.startswith(ARTICLE_MARK):
+                    page_id, title = line[1:].decode("utf-8").rstrip("\n").split("\t", 1)
+                    index.append([article_key(params.seed, int(page_id)), int(page_id), title, number, fh.tell(), 0])
+                else:
+                    index[-1][5] += 1
+    index.sort()
+    with atomic_dir(out) as staging, open(staging / "raw.txt", "wb") as raw, \
+            open(staging / "articles.tsv", "w", encoding="utf-8") as tsv:
+        handles = [open(path, "rb") for path in files]
+        try:
+            for _, page_id, title, number, offset, lines in index:
+                split = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+                tsv.write(f"{split}\t{page_id}\t{title}\t{lines}\n")
+                handles[number].seek(offset)
+                raw.writelines(handles[number].readline() for _ in range(lines))
+                rank += 1
+        finally:
+            for fh in handles:
+                fh.close()
+    print(f"bucket {bucket}: {len(index):,} articles", file=sys.stderr)
+    return len(index)
+
+
+def _train_head(buckets: list[Path], dest: Path, limit: int) -> int:
+    """Copy the train articles' lines, in corpus order, to `dest` up to `limit` bytes; return the bytes."""
+    written = 0
+    with open(dest, "wb") as out:
+        for bucket in buckets:
+            with open(Path(bucket) / "articles.tsv", encoding="utf-8") as tsv, open(Path(bucket) / "raw.txt",
+                                                                                   "rb") as raw:
+                for row in tsv:
+                    split, *_, lines = row.rstrip("\n").split("\t")
+                    block = b"".join(raw.readline() for _ in range(int(lines)))
+                    if split == "train":
+                        out.write(block)
+                        written += len(block)
+                    if written >= limit:
+                        return written
+    return written
+
+
+def train_vocab(buckets: list[Path], expanda: Path, out: Path, params: CorpusParams) -> None:
+    """WordPiece (expanda's trainer, patched) on the first corpus.subset_size bytes of train articles."""
+    _import_patched(expanda)
+    from expanda.tokenization import train_tokenizer
+
+    with atomic_path(out) as tmp:
+        if params.input_vocab:
+            shutil.copyfile(_input_vocab(params), tmp)
+            return
+        work = Path(tempfile.mkdtemp(prefix=".vocab.", dir=Path(out).parent))
+        try:
+            head = work / "head.txt"
+            size = _train_head(buckets, head, params.subset_size)
+            print(f"training WordPiece on {size / 1e6:,.1f} MB of train articles", file=sys.stderr)
+            train_tokenizer(str(head), str(work / "vocab.txt"), str(work), params.subset_size, params.vocab_size,
+                            params.limit_alphabet, UNK, [BOS, EOS, PAD])
+            os.replace(work / "vocab.txt", tmp)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def tokenize_bucket(bucket: Path, vocab: Path, expanda: Path, out: Path) -> None:
+    """expanda's tokenizer (the shared vocabulary) over one bucket's raw.txt."""
+    _import_patched(expanda)
+    from expanda.tokenization import tokenize_corpus
+
+    with atomic_path(out) as tmp:
+        tokenize_corpus(str(Path(bucket) / "raw.txt"), str(tmp), str(vocab), UNK, [BOS, EOS, PAD])
+
+
+def gather_corpus(listing: Path, extracted: list[Path], buckets: list[Path], tokens: list[Path], out: Path,
+                  info: Path) -> dict:
+    """The buckets in order into `out`'s corpus files (not vocab.txt) and the dump's sidecar `info`."""
+    out = Path(out)
+    names = ("corpus.raw.txt", "corpus.test.txt", "corpus.valid.txt", "corpus.train.txt", ARTICLES)
+    counts = dict.fromkeys(names, 0)
+    with contextlib.ExitStack() as stack:
+        tmp = {name: stack.enter_context(atomic_path(out / name)) for name in names}
+        files = {name: stack.enter_context(open(path, "wb")) for name, path in tmp.items()}
+        files[ARTICLES].write(b"split\tpage_id\ttitle\tlines\n")
+        for bucket, token_file in zip(buckets, tokens):
+            _append_bucket(Path(bucket), Path(token_file), files, counts)
+    stats = [json.loads((Path(c) / "stats.json").read_text()) for c in extracted]
+    meta = json.loads(Path(listing).read_text())
+    summary = {"source": "wiki", "wiki": meta["wiki"], "date": meta["date"], "lang": stats[0]["lang"],
+               "articles": counts[ARTICLES], "pieces": len(stats),
+               "files": {name: meta["files"][name] for name in sorted({s["file"] for s in stats})}}
+    with atomic_path(info) as tmp_info:
+        tmp_info.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"corpus: {counts}", file=sys.stderr)
+    return counts
+
+
+def _append_bucket(bucket: Path, token_file: Path, files: dict, counts: dict) -> None:
+    with open(bucket / "articles.tsv", "rb") as tsv, open(bucket / "raw.txt", "rb") as raw, \
+            open(token_file, "rb") as tokens:
+        for row in tsv:
+            split, *_, lines = row.rstrip(b"\n").split(b"\t")
+            n = int(lines)
+            files["corpus.raw.txt"].writelines(raw.readline() for _ in range(n))
+            files[f"corpus.{split.decode()}.txt"].writelines(tokens.readline() for _ in range(n))
+            files[ARTICLES].write(row)
+            counts[f"corpus.{split.decode()}.txt"] += n
+            counts["corpus.raw.txt"] += n
+            counts[ARTICLES] += 1

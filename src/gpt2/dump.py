@@ -1,10 +1,15 @@
 """Stage 1: get a Wikipedia dump into resources/dumps/, verified.
 
-Three sources: the real (shortened) enwiki sample shipped in the gensim wheel,
-an HTTP(S) download with range resume, retries and checksum verification, or a
-file the user already has. Every dump is then inspected once (bz2, MediaWiki
-XML, language, main-namespace articles) and described in a JSON sidecar that
-later stages read instead of parsing the dump again.
+Three single-file sources: the real (shortened) enwiki sample shipped in the
+gensim wheel, an HTTP(S) download with range resume, retries and checksum
+verification, or a file the user already has. Such a dump is inspected once
+(bz2, MediaWiki XML, language, main-namespace articles) and described in a
+JSON sidecar that later stages read instead of parsing the dump again.
+
+A whole wiki (source wiki) is listed from the dumpstatus.json Wikimedia
+publishes for it (`list_dump`), then fetched one file per job (`fetch_part`);
+its extraction jobs (corpus.py) check what they read, so nothing decompresses
+the whole dump just to inspect it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def dump_name(params: DumpParams) -> str:
         return params.name
     if params.source == "sample":
         return SAMPLE_NAME
+    if params.source == "wiki":
+        return f"{params.wiki}-{params.date}"
     base = os.path.basename(params.url if params.source == "url" else params.path)
     stem = re.sub(r"(\.xml)?\.bz2$", "", base)
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "dump"
@@ -151,6 +158,18 @@ def verify(path: Path, label: str, expected: dict[str, str]) -> None:
         print(f"{label}: {algorithm} {got} verified", file=sys.stderr)
 
 
+def download_verified(url: str, dest: Path, label: str, expected: dict[str, str], params: DumpParams) -> Path:
+    """The partial file of `dest`, downloaded and checked; a mismatch moves it aside so a rerun starts over."""
+    part = download(url, dest, params.retries, params.timeout_s)
+    try:
+        verify(part, label, expected)
+    except UserError as exc:
+        rejected = part.with_suffix(".rejected")
+        os.replace(part, rejected)
+        raise UserError(f"{exc}; the download was moved to {rejected}") from None
+    return part
+
+
 # --- inspection ---------------------------------------------------------------
 
 
@@ -225,17 +244,11 @@ def fetch_dump(out: Path, params: DumpParams) -> dict:
                 raise UserError(f"dump.url {url}: no published sha1sums/md5sums found beside it; "
                                 "set dump.sha1 or dump.md5 (or dump.verify: false)")
             expected = dict([found])
-        part = download(url, out, params.retries, params.timeout_s)
-        try:
-            verify(part, str(out), expected)
-        except UserError as exc:
-            rejected = part.with_suffix(".rejected")
-            os.replace(part, rejected)
-            raise UserError(f"{exc}; the download was moved to {rejected}") from None
+        part = download_verified(url, out, str(out), expected, params)
         info = inspect_dump(part)
         os.replace(part, out)
     else:
-        raise UserError(f"dump.source {source!r} is not one of sample, url, path")
+        raise UserError(f"dump.source {source!r} is not one of sample, url, path (wiki: list-dump, fetch-part)")
     info.update(source=source, file=str(out), sha1=expected.get("sha1") or file_digest(out, "sha1"))
     with atomic_path(info_path(out)) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -251,3 +264,116 @@ def _link_or_copy(src: Path, out: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
+
+
+# --- whole wikis: dumpstatus.json, then one job per file ------------------------------
+
+DATA_FILE = re.compile(r"-pages-articles-multistream(\d*)\.xml(?:-p(\d+)p\d+)?\.bz2$")
+INDEX_FILE = re.compile(r"-pages-articles-multistream-index(\d*)\.txt(?:-p(\d+)p\d+)?\.bz2$")
+MULTISTREAM_JOB = "articlesmultistreamdump"
+
+
+def _is_url(mirror: str) -> bool:
+    return re.match(r"^https?://", mirror) is not None
+
+
+def _read(params: DumpParams, path: str) -> bytes:
+    """A file of the dumps site: over HTTP(S), or from a local mirror folder."""
+    if _is_url(params.mirror):
+        url = f"{params.mirror.rstrip('/')}/{path}"
+        try:
+            resp = requests.get(url, timeout=params.timeout_s)
+        except requests.RequestException as exc:
+            raise UserError(f"dump.mirror: cannot read {url} ({exc})") from None
+        if resp.status_code != 200:
+            raise UserError(f"dump.mirror: {url} answered HTTP {resp.status_code} {resp.reason}")
+        return resp.content
+    local = Path(params.mirror) / path
+    if not local.is_file():
+        raise UserError(f"dump.mirror {params.mirror}: no {path} there; is it a copy of the dumps site?")
+    return local.read_bytes()
+
+
+def _dates(params: DumpParams) -> list[str]:
+    """The dump dates the mirror lists for the wiki, newest first."""
+    if _is_url(params.mirror):
+        names = re.findall(r'href="(\d{8})/?"', _read(params, f"{params.wiki}/").decode("utf-8", "replace"))
+    else:
+        folder = Path(params.mirror) / params.wiki
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return sorted({n for n in names if re.fullmatch(r"\d{8}", n)}, reverse=True)
+
+
+def _multistream_job(params: DumpParams, date: str) -> dict | None:
+    """The finished pages-articles-multistream job of one dump, or None."""
+    status = json.loads(_read(params, f"{params.wiki}/{date}/dumpstatus.json"))
+    job = status.get("jobs", {}).get(MULTISTREAM_JOB, {})
+    return job if job.get("status") == "done" else None
+
+
+def resolve_date(params: DumpParams) -> tuple[str, dict]:
+    """dump.date, `latest` made the newest date whose multistream files are done, and that job."""
+    dates = [params.date] if params.date != "latest" else _dates(params)
+    for date in dates[:5]:  # an unfinished newest dump is normal; older ones are finished
+        job = _multistream_job(params, date)
+        if job is not None:
+            return date, job
+    tried = ", ".join(dates[:5]) or f"none listed under {params.mirror}/{params.wiki}/"
+    raise UserError(f"dump.wiki {params.wiki}: no finished {MULTISTREAM_JOB} in dumpstatus.json of {tried}; "
+                    "set dump.date to a finished dump")
+
+
+def _key(match: re.Match) -> tuple[int, int]:
+    """(part, first page id) from a file name; a single-file dump is part 1."""
+    return int(match[1] or 1), int(match[2] or 0)
+
+
+def _select_parts(spec: str, available: set[int]) -> set[int]:
+    if spec == "all":
+        return available
+    wanted: set[int] = set()
+    for item in spec.split(","):
+        first, _, last = item.partition("-")
+        wanted.update(range(int(first), int(last or first) + 1))
+    if not wanted <= available:
+        raise UserError(f"dump.parts {spec}: the dump has no part {min(wanted - available)} "
+                        f"(it has {min(available)}-{max(available)})")
+    return wanted
+
+
+def list_dump(out: Path, params: DumpParams) -> dict:
+    """Write the dump's file list: data files of dump.parts in page order, their index files, sizes, sums."""
+    date, job = resolve_date(params)
+    files = job.get("files", {})
+    # A data file and its index share the part number and page range in their names.
+    index = {_key(m): name for name in files if (m := INDEX_FILE.search(name))}
+    parts = [{"file": name, "part": _key(m)[0], "first_page": _key(m)[1], "index": index.get(_key(m), "")}
+             for name in files if (m := DATA_FILE.search(name))]
+    if not parts:
+        raise UserError(f"{params.wiki} {date}: dumpstatus.json lists no pages-articles-multistream files")
+    chosen = _select_parts(params.parts, {p["part"] for p in parts})
+    parts = sorted((p for p in parts if p["part"] in chosen), key=lambda p: (p["part"], p["first_page"]))
+    keep = {p["file"] for p in parts} | {p["index"] for p in parts if p["index"]}
+    listing = {"wiki": params.wiki, "date": date, "mirror": params.mirror, "parts": parts,
+               "files": {name: {k: files[name].get(k) for k in ("size", "sha1", "md5")} for name in sorted(keep)}}
+    with atomic_path(Path(out)) as tmp:
+        tmp.write_text(json.dumps(listing, indent=2) + "\n")
+    size = sum(listing["files"][p["file"]]["size"] or 0 for p in parts)
+    print(f"{params.wiki} {date}: {len(parts)} files of parts {params.parts} ({size / 1e9:.2f} GB of bz2)",
+          file=sys.stderr)
+    return listing
+
+
+def fetch_part(listing: Path, file: str, out: Path, params: DumpParams) -> None:
+    """Fetch one file of the listing to `out`, resumable, and check its published sha1 (and md5)."""
+    meta = json.loads(Path(listing).read_text())
+    if file not in meta["files"]:
+        raise UserError(f"{file} is not in {listing}; delete it to list the dump again")
+    sums = meta["files"][file]
+    expected = {k: sums[k] for k in ("sha1", "md5") if sums.get(k)} if params.verify else {}
+    source = f"{meta['mirror'].rstrip('/')}/{meta['wiki']}/{meta['date']}/{file}"
+    if not _is_url(meta["mirror"]):
+        verify(Path(source), file, expected)
+        _link_or_copy(Path(source), Path(out))
+        return
+    os.replace(download_verified(source, Path(out), file, expected, params), out)

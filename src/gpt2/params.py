@@ -55,15 +55,30 @@ class DumpParams:
     sample: the real (shortened) English Wikipedia dump shipped in the gensim
             wheel -- offline, 206 pages, the default.
     url:    download dump.url (HTTP range resume, retries, checksum check).
-    path:   a dump you already have on disk (dump.path)."""
+    path:   a dump you already have on disk (dump.path).
+    wiki:   a whole wiki (dump.wiki, dump.date) as Wikimedia publishes it: the
+            pages-articles-multistream files of dump.parts, one fetch and one
+            extraction job per file or piece (profiles/README.md: enwiki on SLURM)."""
 
-    source: Literal["sample", "url", "path"] = param("sample", "where the dump comes from: sample, url or path")
+    source: Literal["sample", "url", "path", "wiki"] = param(
+        "sample", "where the dump comes from: sample, url, path or wiki")
     url: str = param("https://dumps.wikimedia.org/enwiki/20240801/"
                      "enwiki-20240801-pages-articles-multistream1.xml-p1p41242.bz2", "dump URL for source url")
     path: str = param("", "a local .xml.bz2 for source path")
-    name: str = param("", "stored as resources/dumps/<name>.xml.bz2; empty: from the URL or file name "
-                          "(enwiki-sample for the sample)", pattern="^[A-Za-z0-9._-]*$", where="config")
-    sha1: str = param("", "expected sha1; empty with source url: the published <wiki>-<date>-sha1sums.txt",
+    wiki: str = param("enwiki", "source wiki: the wiki's database name (enwiki, kowiki, simplewiki, ...)",
+                      pattern="^[a-z_]+$")
+    date: str = param("latest", "source wiki: the dump's date (YYYYMMDD) or latest (the newest finished one, "
+                                "resolved once and recorded in the file list)", pattern="^([0-9]{8}|latest)$")
+    mirror: str = param("https://dumps.wikimedia.org", "source wiki: the dumps site, or a local folder laid out "
+                                                       "like it (<wiki>/<date>/dumpstatus.json, ...)")
+    parts: str = param("all", "source wiki: part numbers to use: all, or e.g. 1 / 1-3 / 1,4 (enwiki has 27 "
+                              "parts; small wikis publish one file, part 1)",
+                       pattern="^(all|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$")
+    name: str = param("", "stored as resources/dumps/<name>.xml.bz2 (source wiki: the folder resources/dumps/<name>/); "
+                          "empty: from the URL, file name or <wiki>-<date> (enwiki-sample for the sample)",
+                      pattern="^[A-Za-z0-9._-]*$", where="config")
+    sha1: str = param("", "expected sha1; empty with source url: the published <wiki>-<date>-sha1sums.txt "
+                          "(source wiki: each file's sha1 from dumpstatus.json)",
                       pattern="^([0-9a-f]{40})?$")
     md5: str = param("", "expected md5", pattern="^([0-9a-f]{32})?$")
     verify: bool = param(True, "check checksums (false skips every check)")
@@ -93,7 +108,11 @@ class CorpusParams:
     input_vocab: str = param("", "reuse this vocab.txt instead of training one (e.g. to score a model on "
                                  "another dump)")
     seed: int = param(0, "seeds expanda's shuffle: the same dump gives the same corpus", minimum=0)
-    threads: int = param(2, "expanda worker processes (capped by --cores)", minimum=1, maximum=256)
+    threads: int = param(2, "expanda worker processes (capped by --cores); source wiki: per extraction job",
+                         minimum=1, maximum=256)
+    chunks: int = param(16, "source wiki: extraction jobs to aim for (each file is cut into ceil(chunks / files) "
+                            "pieces at its bz2 streams) and shuffle buckets; a gather job holds ~1/chunks of the "
+                            "articles' index", minimum=1, maximum=4096)
 
 
 @dataclass(frozen=True)
