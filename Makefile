@@ -7,7 +7,7 @@ CORES  ?= 8
 # e.g. `make setup TORCH="torch==2.13.0"` from the CUDA index of your choice.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test test-slurm report bench clean
+.PHONY: setup run test test-slurm report bench tensorboard clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ bench: setup
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_pipeline.py
+
+# Training curves of every model under results/train/ (train/valid loss, lr, tokens/s, grad norm, MFU).
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir results/train --port 6006
 
 clean:
 	rm -rf results resources .snakemake

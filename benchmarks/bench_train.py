@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import alternate, flops_per_token, matmul_peak, model_pair, table, write
+from common import alternate, model_pair, table, write
+
+from gpt2.device import matmul_peak
 
 SHAPES = {"tiny": (2, 2, 64, 32), "small": (12, 12, 768, 8)}  # layers, heads, dims, batch (sequences)
 
@@ -40,13 +42,12 @@ def main() -> None:
     for shape in args.shapes:
         layers, heads, dims, batch = SHAPES[shape]
         ours, hf = model_pair(layers, heads, dims)
-        params = sum(p.numel() for p in ours.parameters()) - ours.wpe.weight.numel()
         ids = torch.randint(0, 8000, (batch, 129), generator=torch.Generator().manual_seed(0))
         for precision in args.precisions:
             bf16 = precision == "bf16"
             res = alternate({"ours": step_fn(ours, ids, bf16, False), "hf": step_fn(hf, ids, bf16, True)},
                             repeats=args.repeats)
-            flops = flops_per_token(layers, dims, 128, params)
+            flops = ours.flops_per_token()
             mfu = res["ours"]["median"] * flops / peaks[precision]
             rows.append({"shape": shape, "precision": precision, "batch": f"{batch}x128",
                          "ours tok/s": res["ours"]["median"],

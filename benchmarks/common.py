@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: alternating timed runs, medians, the matmul peak, tables, JSON."""
+"""Shared by the benchmarks: alternating timed runs, medians, tables, JSON."""
 
 from __future__ import annotations
 
@@ -35,18 +35,6 @@ def alternate(runs: dict[str, Callable[[], int]], repeats: int = 5, warmup: int 
             rates[name].append(tokens / (time.perf_counter() - start))
     return {name: {"median": statistics.median(r), "min": min(r), "max": max(r), "runs": r}
             for name, r in rates.items()}
-
-
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
-    """Measured FLOP/s of a square matmul on this machine (median of `repeats`)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -89,8 +77,3 @@ def model_pair(layers: int, heads: int, dims: int, vocab: int = 8000, seq_len: i
                         attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     hf = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
     return ours, hf
-
-
-def flops_per_token(layers: int, dims: int, seq_len: int, params: int) -> float:
-    """nanoGPT's estimate for a training step: 6N + 12 L D T (forward + backward)."""
-    return 6 * params + 12 * layers * dims * seq_len

@@ -62,6 +62,8 @@ INPUT_VOCAB = (
 )
 MODELS = config["models"]
 TRAIN = config["train"]
+# The model the test split scores: the final one, or the one with the lowest validation loss.
+EVAL_MODEL = f"results/train/{{model}}/{'best' if config['evaluate']['checkpoint'] == 'best' else 'model'}.pt"
 REPORT_MODELS = config["report"]["models"]
 
 

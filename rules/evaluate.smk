@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        model="results/train/{model}/model.pt",
+        model=EVAL_MODEL,
         manifest="results/shards/manifest.json",
         train="results/shards/train",
         test="results/shards/test",
@@ -30,8 +30,10 @@ rule evaluate:
 
 rule export_hf:
     input:
-        model="results/train/{model}/model.pt",
+        model=EVAL_MODEL,
         vocab="results/corpus/vocab.txt",
+        evaluation="results/eval_{model}.json",
+        info=DUMP_INFO,
     output:
         directory("results/hf/{model}"),
     log:
@@ -39,4 +41,5 @@ rule export_hf:
     conda:
         "../envs/export.yaml"
     shell:
-        "python -m gpt2 export --model_path {input.model} --vocab_path {input.vocab} --out {output} 2> {log}"
+        "python -m gpt2 export --model_path {input.model} --vocab_path {input.vocab} --out {output}"
+        " --evaluation {input.evaluation} --dump_info {input.info} 2> {log}"

@@ -1,6 +1,7 @@
 # Stage 4: train one architecture. Checkpoints live in results/train/{model}/checkpoints/
-# and are deliberately not outputs: Snakemake keeps them when a run fails or is
-# killed, and re-running the rule resumes from the newest one.
+# (TensorBoard events in tensorboard/) and are deliberately not outputs: Snakemake keeps
+# them when a run fails or is killed, and re-running the rule resumes from the newest one
+# -- or, with a higher train.steps, extends the finished run.
 
 
 rule train:
@@ -10,6 +11,7 @@ rule train:
         valid="results/shards/valid",
     output:
         model="results/train/{model}/model.pt",
+        best="results/train/{model}/best.pt",
         metrics="results/train/{model}/metrics.csv",
     log:
         "results/logs/train/{model}.log",

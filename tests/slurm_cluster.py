@@ -1,8 +1,11 @@
 """A real one-node SLURM cluster on this machine (Debian's slurmctld, slurmd and munge), for tests.
 
 Needs root and the packages `slurmctld slurmd slurm-client munge` (.ci/run
-installs them). Everything the daemons write lives in a temp folder; SLURM_CONF
-and /etc/slurm/slurm.conf (where job steps look) point at the test cluster.
+installs them). Everything the cluster has lives in a temp folder: its
+slurm.conf too, which the daemons, the clients and the jobs find through
+SLURM_CONF. /etc/slurm is never read or written, so on a machine that belongs
+to a real cluster (a login node) the site's configuration stays as it is; the
+test cluster listens on its own ports.
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ import time
 from pathlib import Path
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
-# Job steps (srun inside sbatch) look for the config at the default path, not at $SLURM_CONF.
-SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
-MARKER = "# written by tests/slurm_cluster.py\n"
+PORTS = (16817, 16818)  # not SLURM's defaults 6817/6818, which a site's daemons may hold
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged")
 
 
@@ -36,7 +37,7 @@ def _memory_mb() -> int:
 
 
 def _conf(root: Path, host: str) -> str:
-    return f"""{MARKER}ClusterName=local
+    return f"""ClusterName=local
 SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
@@ -47,8 +48,8 @@ SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd.pid
 SlurmctldLogFile={root}/slurmctld.log
 SlurmdLogFile={root}/slurmd.log
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort={PORTS[0]}
+SlurmdPort={PORTS[1]}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -80,17 +81,29 @@ def _ensure_munge() -> None:
         subprocess.run(["runuser", "-u", "munge", "--", "munged", "--force"], check=True)
 
 
+def _srun_shim(root: Path, conf: Path) -> Path:
+    """A folder with an `srun` that sets SLURM_CONF, first on the jobs' PATH.
+
+    Snakemake's jobstep executor starts each job's `srun` with every SLURM_* variable but the
+    allocation's removed -- SLURM_CONF too -- so that srun would look in /etc/slurm. The jobs
+    inherit PATH (sbatch --export=ALL), so this `srun` gives it the test cluster's config back.
+    """
+    folder = root / "bin"
+    folder.mkdir(exist_ok=True)
+    shim = folder / "srun"
+    shim.write_text(f'#!/bin/sh\nexport SLURM_CONF={conf}\nexec {shutil.which("srun")} "$@"\n')
+    shim.chmod(0o755)
+    return folder
+
+
 def start(root: Path) -> dict:
     """Start slurmctld + slurmd; return the environment the clients need. Waits until the node is idle."""
     host = socket.gethostname()
     for sub in ("state", "spool"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    if SYSTEM_CONF.exists() and not SYSTEM_CONF.read_text().startswith(MARKER):
-        raise RuntimeError(f"{SYSTEM_CONF} belongs to a real cluster; not replacing it for a test")
-    SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SYSTEM_CONF.write_text(_conf(root, host))
-    conf = SYSTEM_CONF
-    env = dict(os.environ, SLURM_CONF=str(conf))
+    conf = root / "slurm.conf"
+    conf.write_text(_conf(root, host))
+    env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{_srun_shim(root, conf)}:{os.environ['PATH']}")
     _ensure_munge()
     subprocess.run(["slurmctld", "-c", "-f", str(conf)], check=True, env=env)
     subprocess.run(["slurmd", "-f", str(conf)], check=True, env=env)
@@ -113,7 +126,3 @@ def stop(root: Path, env: dict) -> None:
                 os.kill(int(path.read_text()), 15)
             except (ProcessLookupError, ValueError):
                 pass
-    # Without a controller, clients that find this config wait for timeouts (the SLURM executor
-    # plugin asks scontrol at import): leave no config behind.
-    if SYSTEM_CONF.exists() and SYSTEM_CONF.read_text().startswith(MARKER):
-        SYSTEM_CONF.unlink()

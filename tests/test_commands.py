@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, gpt2
 from gpt2.params import TrainParams, settings
@@ -30,7 +31,8 @@ TINY = ["--reference_defaults", "--seq_len", "32", "--layers", "2", "--heads", "
 def corpus(tiny_run) -> dict[str, Path]:
     c = tiny_run / "results/corpus"
     return {"train": c / "corpus.train.txt", "test": c / "corpus.test.txt", "vocab": c / "vocab.txt",
-            "manifest": tiny_run / "results/shards/manifest.json", "model": tiny_run / "results/train/tiny/model.pt"}
+            "manifest": tiny_run / "results/shards/manifest.json", "model": tiny_run / "results/train/tiny/model.pt",
+            "eval": tiny_run / "results/eval_tiny.json", "info": tiny_run / "resources/dumps/enwiki-sample.json"}
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +186,19 @@ def test_export_round_trips_through_transformers(corpus, tmp_path):
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     out = tmp_path / "hf"
-    proc = gpt2("export", "--model_path", str(corpus["model"]), "--vocab_path", str(corpus["vocab"]), "--out", str(out))
+    proc = gpt2("export", "--model_path", str(corpus["model"]), "--vocab_path", str(corpus["vocab"]), "--out", str(out),
+                "--evaluation", str(corpus["eval"]), "--dump_info", str(corpus["info"]))
     assert proc.returncode == 0, proc.stderr[-1500:]
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])  # the Hub reads the YAML between the first two --- lines
+    report = json.loads(corpus["eval"].read_text())
+    assert meta["pipeline_tag"] == "text-generation" and meta["language"] == ["en"]
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"perplexity": round(report["perplexity"], 2), "bits_per_byte": round(report["bits_per_byte"], 4)}
+    info = json.loads(corpus["info"].read_text())
+    for fact in ("| layers / heads / dims | 2 / 2 / 64 |", f"{report['train_steps']:,} steps", info["sha1"],
+                 f"{info['articles']:,} articles", f"| perplexity | {report['perplexity']:.1f} |"):
+        assert fact in card, fact
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
     from gpt2.checkpoint import load_model
 

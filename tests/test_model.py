@@ -97,3 +97,23 @@ def test_nucleus_and_top_k_keep_only_likely_tokens():
     assert top_p == {0, 1}
     top_k = {int(sample_next(logits, 1.0, 1, 1.0, g)) for _ in range(50)}
     assert top_k == {0}
+
+
+def test_output_prior_makes_the_untrained_model_predict_it():
+    """With init_output_prior the fresh model's mean prediction is the prior, not the uniform distribution."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=500, seq_len=32, layers=2, heads=2, dims=64, rate=4, dropout=0.0)
+    counts = torch.arange(1, 501, dtype=torch.float64) ** 2  # a skewed "unigram"
+    prior = (counts / counts.sum()).log().float()
+    ids = torch.randint(0, 500, (8, 32))
+    losses = {}
+    for init in (False, True):
+        torch.manual_seed(0)
+        model = GPT(cfg)
+        if init:
+            model.init_output_prior(prior)
+        with torch.no_grad():
+            logits, _, _ = model(ids)
+        predicted = logits.float().log_softmax(-1).exp().mean(dim=(0, 1))
+        losses[init] = float((prior.exp() * (prior - predicted.log())).sum())  # KL(prior || prediction)
+    assert losses[True] < 0.01 < 0.3 < losses[False]

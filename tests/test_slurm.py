@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -46,7 +47,13 @@ def cluster(tmp_path_factory):
     if lack:
         pytest.skip(f"no local SLURM possible here (missing: {', '.join(lack)}); .ci/run installs it")
     root = tmp_path_factory.mktemp("slurm")
-    env = slurm_cluster.start(root)
+    try:
+        env = slurm_cluster.start(root)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        if os.environ.get("GPT2_REQUIRE_SLURM"):  # CI installs SLURM: there, not starting is a failure
+            raise
+        slurm_cluster.stop(root, {**os.environ, "SLURM_CONF": str(root / "slurm.conf")})
+        pytest.skip(f"the local SLURM cluster did not start ({exc}); logs in {root}")
     yield env
     slurm_cluster.stop(root, env)
 
@@ -55,7 +62,7 @@ def cluster(tmp_path_factory):
 def test_whole_pipeline_runs_as_slurm_jobs(cluster, tmp_path):
     work = tmp_path / "slurm"
     work.mkdir()
-    proc = snakemake(work, "results/eval_tiny.json", config=SLURM_CONFIG, extra=PROFILE)
+    proc = snakemake(work, "results/eval_tiny.json", config=SLURM_CONFIG, extra=PROFILE, env=cluster)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     log = proc.stdout + proc.stderr
     jobs = {rule: job for job, rule in re.findall(r"SLURM jobid (\d+) \(log: \S+/rule_(\w+)/", log)}
@@ -88,7 +95,7 @@ def test_a_three_part_wiki_is_built_by_slurm_jobs(cluster, tmp_path):
     config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": "20260101"}, "corpus": {"chunks": 3}}
     for server in serve({f"/enwiki/20260101/{name}": data for name, data in files.items()}):
         config["dump"]["mirror"] = server.base
-        proc = snakemake(tmp_path, "results/corpus/corpus.raw.txt", config=config, extra=PROFILE)
+        proc = snakemake(tmp_path, "results/corpus/corpus.raw.txt", config=config, extra=PROFILE, env=cluster)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     jobs = re.findall(r"SLURM jobid (\d+) \(log: \S+/rule_(\w+)/", log)

@@ -6,6 +6,8 @@ import csv
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, snakemake
 from gpt2.model import GPT, GPTConfig
 from gpt2.shards import TokenStream
 from gpt2.checkpoint import load_model
 from gpt2.cli import build_parser, settings_from
 from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
+import gpt2.train
 from gpt2.train import Batches, Outputs, lr_factor, model_config, param_groups, train
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
@@ -103,9 +106,10 @@ def test_training_beats_the_unigram_baseline(tiny_run):
     assert report["train_steps"] == TINY_CONFIG["train"]["steps"]
     assert report["perplexity"] < 0.8 * report["unigram_perplexity"]
     rows = _rows(tiny_run / "results/train/tiny/metrics.csv")
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 1.0
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.5  # from the unigram start (init_prior)
     assert [c for c in rows[0]] == ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second",
-                                    "grad_norm"]
+                                    "grad_norm", "mfu"]
+    assert all(0 < float(r["mfu"]) < 1 for r in rows)
     log = (tiny_run / "results/logs/train/tiny.log").read_text()
     assert "train: 100%" in log  # tqdm progress in the log
 
@@ -168,3 +172,76 @@ def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_pat
                                           strict=True):
         assert s1 == s2 and math.isclose(l1, l2, rel_tol=1e-4)
         assert (e1 == "") == (e2 == "") and (not e1 or math.isclose(float(e1), float(e2), rel_tol=1e-4))
+
+
+def test_tensorboard_events_hold_the_losses_of_metrics_csv(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tiny_run / "results/train/tiny/tensorboard"))
+    board.Reload()
+    rows = _rows(tiny_run / "results/train/tiny/metrics.csv")
+    for tag, column in (("loss/train", "train_loss"), ("loss/valid", "eval_loss"), ("mfu", "mfu")):
+        events = [(e.step, e.value) for e in board.Scalars(tag)]
+        expected = [(int(r["step"]), float(r[column])) for r in rows if r[column]]
+        assert [s for s, _ in events] == [s for s, _ in expected], tag
+        assert [v for _, v in events] == pytest.approx([v for _, v in expected], rel=1e-6), tag
+    assert {"lr", "grad_norm", "tokens_per_s"} <= set(board.Tags()["scalars"])
+
+
+def test_best_pt_keeps_the_lowest_validation_loss(tiny_run, tmp_path, monkeypatch, capsys):
+    """Weights spoiled after step 16: the step-24 validation loss is the worst, best.pt keeps an earlier one."""
+    manifest = tiny_run / "results/shards/manifest.json"
+    args = build_parser().parse_args(["train", "--shards", str(manifest), *_outputs(tmp_path), *TINY_ARCH, *RUN,
+                                      "--max_epochs", "0.01"])
+    params, arch = settings_from(TrainParams, args), settings_from(Architecture, args)
+    states = []
+    monkeypatch.setattr(gpt2.train, "build_state", lambda run, real=gpt2.train.build_state: states.append(real(run))
+                        or states[-1])
+
+    def spoil(step: int) -> None:
+        if step == 16:
+            with torch.no_grad():
+                for p in states[0].model.parameters():
+                    p.add_(torch.randn_like(p))
+
+    train(manifest, Outputs(tmp_path / "model.pt", tmp_path / "checkpoints"), model_config(manifest, arch, params),
+          params, on_step=spoil)
+    evals = {int(r["step"]): float(r["eval_loss"]) for r in _rows(tmp_path / "metrics.csv") if r["eval_loss"]}
+    lowest = min(evals, key=evals.get)
+    assert list(evals) == [8, 16, 24] and lowest < 24
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert (best["step"], best["selected"]) == (lowest, "best") and best["valid_loss"] == pytest.approx(evals[lowest])
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["step"] == 24
+    log = capsys.readouterr().err
+    assert "24 steps x 1,024 tokens = 24,576 tokens:" in log and "tokens per parameter" in log
+    assert "warning: the run reads the train split" in log and "train.max_epochs = 0.01" in log
+
+
+def test_raising_steps_extends_a_finished_run(tiny_run, tmp_path):
+    """20 -> 40 steps: only train and evaluate rerun, from the step-20 state, with a warm restart."""
+    for sub in ("resources", "results/expanda", "results/corpus", "results/shards"):
+        shutil.copytree(tiny_run / sub, tmp_path / sub)
+    config = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10,
+                        "warmup_steps": 5}}
+    proc = snakemake(tmp_path, "results/eval_tiny.json", config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = _rows(tmp_path / "results/train/tiny/metrics.csv")
+    config["train"]["steps"] = 40
+    proc = snakemake(tmp_path, "results/eval_tiny.json", config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(re.findall(r"^(?:local)?rule (\w+):", proc.stdout + proc.stderr, flags=re.M)) == ["evaluate",
+                                                                                                    "train"]
+    rows = _rows(tmp_path / "results/train/tiny/metrics.csv")
+    assert rows[:len(first)] == first and [int(r["step"]) for r in rows[len(first):]] == [30, 40]
+    assert "extending the finished 20-step run to 40 steps" in (tmp_path / "results/logs/train/tiny.log").read_text()
+    params = TrainParams(**config["train"])
+    for row in rows[len(first):]:  # the lr of the row's last step: warmup from min_lr, cosine over steps 20-40
+        assert float(row["lr"]) == pytest.approx(params.lr * lr_factor(int(row["step"]) - 1, params, 20), rel=1e-5)
+    assert lr_factor(20, params, 20) == pytest.approx(0.1 + 0.9 / 5) and lr_factor(24, params, 20) == 1.0
+    report = json.loads((tmp_path / "results/eval_tiny.json").read_text())
+    assert (report["train_steps"], report["selected"]) == (40, "final")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "results/train/tiny/tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("loss/train")] == [int(r["step"]) for r in rows]

@@ -93,7 +93,8 @@ def test_config_yaml_and_schema_are_rendered_from_the_declarations():
 @pytest.mark.reliability
 def test_a_hand_edited_config_yaml_is_caught(tmp_path):
     (tmp_path / "schemas").mkdir()
-    (tmp_path / "config.yaml").write_text(render_config_yaml().replace("steps: 300", "steps: 301"))
+    steps = TrainParams().steps
+    (tmp_path / "config.yaml").write_text(render_config_yaml().replace(f"steps: {steps}", f"steps: {steps + 1}"))
     (tmp_path / "schemas/config.schema.yaml").write_text(render_schema_yaml())
     proc = gpt2("write-config", "--check", "--root", str(tmp_path))
     assert proc.returncode == 2 and "config.yaml is out of date" in proc.stderr.splitlines()[-1]

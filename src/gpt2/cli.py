@@ -172,7 +172,10 @@ COMMANDS = {
         Arg("interactive", "also show the figure in a window", None, default=False,
             options={"action": "store_true"}))),
     "export": Command("gpt2.export:export_hf", "a Hugging Face transformers directory (GPT2LMHeadModel + "
-                      "tokenizer)", (MODEL, NEEDS_VOCAB, Arg("out", "output directory", required=True))),
+                      "tokenizer + a model card README.md)", (
+        MODEL, NEEDS_VOCAB, Arg("out", "output directory", required=True),
+        _file("evaluation", "the model's eval JSON, for the card's results"),
+        _file("dump_info", "the dump's JSON sidecar (resources/dumps/), for the card's data section"))),
     "plot-training": Command("gpt2.report:plot_training", "loss (four views), learning-rate and throughput figures", (
         _file("metrics", "metrics.csv written by train", required=True),
         Arg("loss", "output figure: loss in four views", required=True),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -60,3 +62,37 @@ def precision_name(bf16: bool, device: torch.device) -> str:
     if not bf16:
         return "fp32"
     return ("fp16" if half_dtype(device) == torch.float16 else "bf16") + " autocast"
+
+
+# Dense bf16 (fp16 where there is no bf16) tensor-core peaks from the vendors' datasheets, in FLOP/s.
+DATASHEET_PEAKS = {"H200": 989e12, "H100": 989e12, "GH200": 989e12, "A100": 312e12, "A800": 312e12,
+                   "L40S": 362e12, "L40": 181e12, "A10": 125e12, "L4": 121e12, "RTX 4090": 165e12,
+                   "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a square matmul on the CPU (median of `repeats`)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def peak_flops(device: torch.device, bf16: bool) -> tuple[float | None, str]:
+    """The device's peak FLOP/s in the precision used, and where the figure comes from.
+
+    CPU: a measured matmul in that precision. GPU: the datasheet's dense bf16
+    peak for known models (None for others, so MFU is left out rather than made up).
+    """
+    if device.type == "cpu":
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        return matmul_peak(dtype, n=1024, repeats=3), f"measured {dtype} matmul"
+    name = torch.cuda.get_device_name(device)
+    for model, peak in DATASHEET_PEAKS.items():
+        if model in name:
+            return (peak if bf16 else None), f"{model} datasheet, dense bf16"
+    return None, f"no datasheet peak for {name}"

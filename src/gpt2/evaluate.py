@@ -57,13 +57,18 @@ def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device
     return total, count
 
 
-def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int, limit: int | None = None
-                ) -> tuple[float, int]:
-    """Add-one-smoothed unigram model from train counts, scored on test tokens 1..n-1 (of the first `limit`)."""
+def unigram_logprobs(train: TokenStream, vocab_size: int) -> np.ndarray:
+    """Log-probabilities of the add-one-smoothed unigram model of the train split, counted shard by shard."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for part in train.parts:
         counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
-    logp = np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
+    return np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
+
+
+def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int, limit: int | None = None
+                ) -> tuple[float, int]:
+    """Add-one-smoothed unigram model from train counts, scored on test tokens 1..n-1 (of the first `limit`)."""
+    logp = unigram_logprobs(train, vocab_size)
     targets = np.concatenate(test.parts)[1:limit]
     return float(-logp[targets].sum()), len(targets)
 
@@ -143,7 +148,8 @@ def evaluate_command(model_path: Path, output: Path | None, name: str, shards: P
     report = {"model": name or Path(model_path).parent.name, "params": model.num_params(), "layers": cfg.layers,
               "heads": cfg.heads, "dims": cfg.dims, "seq_len": cfg.seq_len, "vocab_size": cfg.vocab_size,
               "train_steps": state["step"], "train_tokens": state["tokens"], **numbers,
-              "checkpoint": str(model_path), "seed": state["train_config"]["seed"], "device": str(dev),
+              "checkpoint": str(model_path), "selected": state.get("selected", "final"),
+              "valid_loss": state.get("valid_loss"), "seed": state["train_config"]["seed"], "device": str(dev),
               "precision": precision_name(bf16, dev), "versions": versions()}
     if output is not None:
         with atomic_path(output) as tmp:

@@ -107,6 +107,30 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @torch.no_grad()
+    def init_output_prior(self, log_prior: torch.Tensor, scale: float = 30.0) -> None:
+        """Make the untrained model predict `log_prior` (e.g. the train split's unigram log-probabilities).
+
+        GPT-2 has no output bias, so the prior goes where the architecture can hold it: the final
+        LayerNorm's bias becomes `scale * u` for a random unit vector u, and each token's (tied)
+        embedding's component along u becomes `(log p - mean) / scale`, so its logit gains log p - mean. The model
+        then starts at the unigram loss instead of spending its first steps learning token
+        frequencies; export to transformers is unchanged (these are ordinary weights).
+        """
+        u = torch.randn(self.cfg.dims, generator=torch.Generator().manual_seed(0)).to(self.wte.weight)
+        u /= u.norm()
+        centred = (log_prior - log_prior.mean()).to(self.wte.weight)
+        rows = self.wte.weight[: len(centred)]
+        rows -= (rows @ u)[:, None] * u  # the random init's own component along u would add noise x scale
+        rows += (centred / scale)[:, None] * u
+        self.ln_f.bias.copy_(scale * u)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), PaLM's estimate: 6 N + 12 L D T, where N counts
+        every weight but the position embeddings (the token embedding is the output layer too)."""
+        n = sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+        return 6 * n + 12 * self.cfg.layers * self.cfg.dims * self.cfg.seq_len
+
     def num_params(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
         embedding = self.wte.weight.numel() + self.wpe.weight.numel()

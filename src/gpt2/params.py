@@ -161,15 +161,17 @@ class TrainParams(Hardware):
     seq_len: int = param(128, "context length in tokens", minimum=2, maximum=65536)
     rate: int = param(4, "MLP width = rate x dims", minimum=1)
     dropout: float = param(0.0, "dropout rate", minimum=0, below=1)
-    steps: int = param(300, "optimizer steps in total", minimum=1, aliases=("--total_steps",), trajectory=True)
+    steps: int = param(100, "optimizer steps in total", minimum=1, aliases=("--total_steps",), trajectory=True)
     batch_tokens: int = param(512, "global batch per optimizer step in tokens, a multiple of micro_batch x seq_len "
                                    "x processes (0: one micro-batch per process)", minimum=0, trajectory=True)
     micro_batch: int = param(4, "sequences per forward pass per process; accumulation fills the batch", minimum=1,
                              aliases=("--batch_train",))
     batch_eval: int = param(16, "sequences per forward pass in the periodic evaluation", minimum=1)
-    lr: float = param(0.001, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
+    lr: float = param(0.002, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
     min_lr_ratio: float = param(0.1, "cosine decay ends at lr x this", minimum=0, maximum=1, trajectory=True)
-    warmup_steps: int = param(20, "linear warmup steps", minimum=0, trajectory=True)
+    warmup_steps: int = param(5, "linear warmup steps", minimum=0, trajectory=True)
+    init_prior: bool = param(True, "start the untrained model at the train split's unigram distribution instead "
+                                   "of uniform (saves the first ~100 steps on small budgets)", trajectory=True)
     weight_decay: float = param(0.1, "AdamW weight decay (not on norms, biases, embeddings)", minimum=0,
                                 aliases=("--wd_rate",), trajectory=True)
     beta1: float = param(0.9, "AdamW beta1", minimum=0, below=1, trajectory=True)
@@ -177,7 +179,9 @@ class TrainParams(Hardware):
     grad_clip: float = param(1.0, "clip the global gradient norm to this", above=0, trajectory=True)
     seed: int = param(1337, "seed of initialisation, data order and dropout", minimum=0, trajectory=True)
     eval_every: int = param(100, "held-out evaluation every N steps ...", minimum=1, aliases=("--eval_steps",))
-    eval_tokens: int = param(4096, "... on this many tokens from the start of the validation split", minimum=2)
+    eval_tokens: int = param(4096, "... on this many tokens from the start of the validation split (the lowest "
+                                   "loss is kept as best.pt)", minimum=2)
+    max_epochs: float = param(4.0, "warn when the run reads the train split more often than this", minimum=0)
     log_every: int = param(10, "a metrics.csv row every N steps", minimum=1)
     checkpoint_every: int = param(100, "checkpoint every N steps", minimum=1, aliases=("--save_steps",))
     keep_checkpoints: int = param(2, "newest checkpoints kept", minimum=1)
@@ -196,6 +200,9 @@ class TrainParams(Hardware):
 class EvaluateParams:
     """The final test-set evaluation."""
 
+    checkpoint: Literal["final", "best"] = param("final", "the model the test split scores: final (model.pt) or "
+                                                          "best (best.pt, the lowest validation loss)",
+                                                 where="config")
     batch_size: int = param(16, "sequences per forward pass", minimum=1, aliases=("--batch_eval",))
     max_batches: int = param(0, "score only the first N batches (0 or less: the whole test split)",
                              aliases=("--total_steps",), where="cli")
@@ -232,7 +239,7 @@ SECTIONS: dict[str, type] = {"dump": DumpParams, "corpus": CorpusParams, "shards
 # batch_tokens 0: the reference has no gradient accumulation.
 REFERENCE_DEFAULTS = {"seq_len": 64, "layers": 12, "heads": 16, "dims": 1024, "dropout": 0.1, "micro_batch": 64,
                       "batch_tokens": 0, "batch_eval": 64, "lr": 1e-4, "weight_decay": 1e-2, "steps": 1_000_000,
-                      "eval_every": 500, "checkpoint_every": 1000, "batch_size": 64}
+                      "eval_every": 500, "checkpoint_every": 1000, "batch_size": 64, "init_prior": False}
 
 
 # --- reading the declarations ----------------------------------------------------

@@ -9,6 +9,11 @@ global batches as a single process with W * A accumulation steps.
 
 `train()` reads top to bottom: set-up, resume, then the loop of step,
 log/evaluate, checkpoint.
+
+Raising `steps` on a finished run extends it: training continues from its
+last checkpoint, and the added steps get a schedule of their own -- warmup
+from the min_lr the run ended at back to the peak lr, then cosine decay to
+min_lr at the new last step (a warm restart).
 """
 
 from __future__ import annotations
@@ -31,22 +36,28 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gpt2 import UserError, checkpoint
-from gpt2.device import autocast, half_dtype, resolve_device, set_threads, use_bf16
-from gpt2.evaluate import stream_nll
+from gpt2.device import autocast, half_dtype, peak_flops, resolve_device, set_threads, use_bf16
+from gpt2.evaluate import stream_nll, unigram_logprobs
 from gpt2.files import atomic_path
 from gpt2.launch import relaunch_under_torchrun, require_gpus
 from gpt2.model import GPT, GPTConfig
 from gpt2.params import Architecture, TrainParams, accumulation, trajectory_keys
 from gpt2.shards import TokenStream, check_vocab, manifest_for
 
-METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm"]
+METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm", "mfu"]
 
 
-def lr_factor(step: int, params: TrainParams) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step."""
+def lr_factor(step: int, params: TrainParams, start: int = 0) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step.
+
+    `start` > 0 is where an extended run's added steps begin: their warmup
+    starts from min_lr_ratio, where the finished run left off.
+    """
+    low = params.min_lr_ratio if start else 0.0
+    step -= start
     if step < params.warmup_steps:
-        return (step + 1) / params.warmup_steps
-    progress = (step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
+        return low + (1 - low) * (step + 1) / params.warmup_steps
+    progress = (step - params.warmup_steps) / max(1, params.steps - start - params.warmup_steps)
     return params.min_lr_ratio + (1 - params.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -151,9 +162,14 @@ def _maybe_no_sync(net, sync: bool):
 
 
 class MetricsLog:
-    """metrics.csv rows as training goes; on resume, rows past the checkpoint are dropped."""
+    """metrics.csv rows and TensorBoard scalars as training goes; on resume, steps past the checkpoint go."""
 
-    def __init__(self, path: Path, resume_step: int):
+    SCALARS = {"train_loss": "loss/train", "eval_loss": "loss/valid", "lr": "lr", "tokens_per_second": "tokens_per_s",
+               "grad_norm": "grad_norm", "mfu": "mfu"}
+
+    def __init__(self, path: Path, tensorboard: Path, resume_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
         self.path = path
         rows = []
         if resume_step and path.exists():
@@ -163,10 +179,19 @@ class MetricsLog:
             writer = csv.DictWriter(fh, METRICS)
             writer.writeheader()
             writer.writerows(rows)
+        # purge_step drops the events a crashed or extended run wrote after its checkpoint.
+        self.board = SummaryWriter(str(tensorboard), purge_step=resume_step + 1 if resume_step else None)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, METRICS).writerow(row)
+        for key, tag in self.SCALARS.items():
+            if row[key] != "":
+                self.board.add_scalar(tag, float(row[key]), row["step"])
+        self.board.flush()
+
+    def close(self) -> None:
+        self.board.close()
 
 
 # --- a run and its state ---------------------------------------------------------
@@ -175,11 +200,19 @@ class MetricsLog:
 @dataclass(frozen=True)
 class Outputs:
     model: Path  # the final model, written once all steps are done
-    checkpoints: Path  # checkpoints and the live metrics.csv
+    checkpoints: Path  # checkpoints, the live metrics.csv and the best model so far
 
     @property
     def metrics(self) -> Path:
         return self.model.with_name("metrics.csv")
+
+    @property
+    def best(self) -> Path:
+        return self.model.with_name("best.pt")
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.model.with_name("tensorboard")
 
 
 @dataclass(frozen=True)
@@ -194,6 +227,7 @@ class Run:
     valid: TokenStream  # periodic evaluation reads its first eval_tokens
     accum: int  # micro-batches per process per optimizer step
     bf16: bool
+    peak_flops: float | None  # of the device in the precision used, for MFU
 
 
 @dataclass
@@ -206,6 +240,8 @@ class TrainState:
     scaler: torch.amp.GradScaler
     step: int = 0
     tokens: int = 0
+    schedule_start: int = 0  # > 0: the step an extension's added steps start at (lr_factor)
+    best_loss: float = math.inf  # the lowest validation loss so far (its model is checkpoints/best.pt)
 
     PARTS = ("model", "optimizer", "scheduler", "scaler")
 
@@ -213,13 +249,14 @@ class TrainState:
         rng = rng_states(run.env)  # every rank takes part in the gather
         return {name: getattr(self, name).state_dict() for name in self.PARTS} | {
             "step": self.step, "tokens": self.tokens, "rng": rng, "model_config": run.model_cfg.to_dict(),
-            "train_config": asdict(run.params)}
+            "train_config": asdict(run.params), "schedule_start": self.schedule_start, "best_loss": self.best_loss}
 
     def load(self, saved: dict, env: Dist) -> None:
         for name in self.PARTS:
             if name in saved:
                 getattr(self, name).load_state_dict(saved[name])
         self.step, self.tokens = saved["step"], saved["tokens"]
+        self.schedule_start, self.best_loss = saved.get("schedule_start", 0), saved.get("best_loss", math.inf)
         restore_rng(saved["rng"], env)
 
 
@@ -236,30 +273,57 @@ def setup(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
     if env.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Run(params, model_cfg, outputs, env, batches, TokenStream(shards, "valid"), accum,
-               use_bf16(params.amp, env.device))
+    bf16 = use_bf16(params.amp, env.device)
+    peak, source = peak_flops(env.device, bf16)
+    if env.main:
+        print(f"MFU against {'n/a' if peak is None else f'{peak / 1e12:,.3f} TFLOP/s'} ({source})", file=sys.stderr)
+    return Run(params, model_cfg, outputs, env, batches, TokenStream(shards, "valid"), accum, bf16, peak)
+
+
+def data_budget(run: Run, params_count: int) -> str:
+    """Epochs over the train split and tokens per parameter, with a warning past train.max_epochs."""
+    p, tokens = run.params, run.params.steps * run.params.batch_tokens
+    epochs = tokens / len(run.batches.stream)
+    line = (f"{p.steps:,} steps x {p.batch_tokens:,} tokens = {tokens:,} tokens: {epochs:.2f} epochs over the "
+            f"{len(run.batches.stream):,}-token train split, {tokens / params_count:.3g} tokens per parameter")
+    if epochs > p.max_epochs:
+        line += (f"\nwarning: the run reads the train split {epochs:.1f} times (more than train.max_epochs = "
+                 f"{p.max_epochs:g}): it will memorise rather than generalise; use more data (more dump "
+                 "parts) or fewer steps")
+    return line
 
 
 def build_state(run: Run) -> TrainState:
     """A fresh model (seeded) with its AdamW, warmup-cosine schedule and loss scaler."""
     p, cuda = run.params, run.env.device.type == "cuda"
     torch.manual_seed(p.seed)
-    model = GPT(run.model_cfg).to(run.env.device)
+    model = GPT(run.model_cfg)
+    if p.init_prior:
+        model.init_output_prior(torch.from_numpy(unigram_logprobs(run.batches.stream, run.model_cfg.vocab_size)))
+    model = model.to(run.env.device)
     model.grad_ckpt = p.grad_ckpt
     optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2),
                                   fused=cuda)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, p))
     # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through.
     fp16 = run.bf16 and half_dtype(run.env.device) == torch.float16
-    return TrainState(model, optimizer, scheduler, torch.amp.GradScaler(run.env.device.type, enabled=fp16))
+    state = TrainState(model, optimizer, None, torch.amp.GradScaler(run.env.device.type, enabled=fp16))
+    # The schedule reads schedule_start when it is called, so a resume that extends the run moves it.
+    state.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, p, state.schedule_start))
+    return state
 
 
 def resume(run: Run, state: TrainState, resume_from: Path | None, init_from: Path | None) -> None:
     """Continue from `resume_from` or the newest checkpoint; else start anew, from `init_from`'s weights if given."""
     saved = checkpoint.load_training(resume_from) if resume_from else checkpoint.load_latest(run.outputs.checkpoints)
     if saved is not None:
-        _check_same_run(saved, run)
+        extends = _check_same_run(saved, run)
         state.load(saved, run.env)
+        if extends:
+            state.schedule_start = saved["step"]
+            for group, base in zip(state.optimizer.param_groups, state.scheduler.base_lrs):
+                group["lr"] = base * lr_factor(state.step, run.params, state.schedule_start)
+            print(f"extending the finished {saved['step']}-step run to {run.params.steps} steps: warmup from "
+                  f"min_lr back to lr, then cosine to min_lr", file=sys.stderr)
         return
     if init_from is not None:
         pretrained, _ = checkpoint.load_model(init_from, torch.device("cpu"), "--from_pretrained")
@@ -271,12 +335,23 @@ def resume(run: Run, state: TrainState, resume_from: Path | None, init_from: Pat
     torch.manual_seed(run.params.seed + run.env.rank)  # dropout masks differ per rank
 
 
-def _check_same_run(saved: dict, run: Run) -> None:
-    diffs = [k for k in trajectory_keys() if saved["train_config"].get(k) != getattr(run.params, k)]
+def _check_same_run(saved: dict, run: Run) -> bool:
+    """The checkpoint continues this run; True when it is a finished run that more steps extend."""
+    before, steps = saved["train_config"]["steps"], run.params.steps
+    diffs = [k for k in trajectory_keys() if k != "steps" and saved["train_config"].get(k) != getattr(run.params, k)]
     diffs += [k for k, v in run.model_cfg.to_dict().items() if saved["model_config"].get(k) != v]
     if diffs:
         raise UserError(f"checkpoints in {run.outputs.checkpoints} come from a run with other {', '.join(diffs)}; "
                         "restore those settings to resume, or delete the folder to start over")
+    if steps == before:
+        return False
+    if saved["step"] < before:
+        raise UserError(f"the checkpoint in {run.outputs.checkpoints} is step {saved['step']} of an unfinished "
+                        f"{before}-step run: finish it with train.steps = {before} before changing the steps")
+    if steps < before:
+        raise UserError(f"train.steps = {steps} is below the {before} steps the run in {run.outputs.checkpoints} "
+                        "already made; raise it to extend the run, or delete the folder to start over")
+    return True
 
 
 def compiled(run: Run, model: GPT):
@@ -309,7 +384,7 @@ def train_step(run: Run, net, state: TrainState) -> tuple[float, float, float]:
     if not math.isfinite(train_loss) or not (math.isfinite(grad_norm) or state.scaler.is_enabled()):
         raise UserError(f"non-finite loss ({train_loss}) at step {state.step + 1}; the last good checkpoint in "
                         f"{run.outputs.checkpoints} is kept -- lower train.lr or check the data")
-    lr = state.scheduler.get_last_lr()[0]
+    lr = state.optimizer.param_groups[0]["lr"]
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
@@ -322,14 +397,27 @@ def metrics_row(run: Run, state: TrainState, losses: list[float], seconds: float
                 grad_norm: float) -> dict:
     """A metrics.csv row for the steps since the last one; the held-out loss too when it is due."""
     p = run.params
+    rate = len(losses) * p.batch_tokens / seconds
+    mfu = "" if run.peak_flops is None else f"{rate * state.model.flops_per_token() / run.peak_flops:.4f}"
     row = {"step": state.step, "tokens": state.tokens, "train_loss": f"{sum(losses) / len(losses):.6f}",
-           "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}",
-           "tokens_per_second": f"{len(losses) * p.batch_tokens / seconds:.1f}"}
+           "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}", "tokens_per_second": f"{rate:.1f}",
+           "mfu": mfu}
     if run.env.main and (state.step % p.eval_every == 0 or state.step == p.steps):
         nll, count = stream_nll(state.model, run.valid, run.model_cfg.seq_len, p.batch_eval, run.env.device,
                                 limit=p.eval_tokens, bf16=run.bf16)
         row["eval_loss"] = f"{nll / count:.6f}"
+        if nll / count < state.best_loss:
+            state.best_loss = nll / count
+            checkpoint.save(_model_file(run, state, "best", valid_loss=state.best_loss),
+                            run.outputs.checkpoints / "best.pt")
     return row
+
+
+def _model_file(run: Run, state: TrainState, selected: str, **extra) -> dict:
+    """What a model.pt / best.pt holds: weights, shape, settings, position, and which model it is."""
+    return {"model": state.model.state_dict(), "model_config": run.model_cfg.to_dict(),
+            "train_config": asdict(run.params), "step": state.step, "tokens": state.tokens, "selected": selected,
+            **extra}
 
 
 def save_checkpoint(run: Run, state: TrainState) -> None:
@@ -341,13 +429,15 @@ def save_checkpoint(run: Run, state: TrainState) -> None:
 
 
 def finish(run: Run, state: TrainState) -> Path:
-    """Copy the live metrics.csv beside the model, then write the final model.pt."""
-    with atomic_path(run.outputs.metrics) as tmp:
-        tmp.write_bytes((run.outputs.checkpoints / "metrics.csv").read_bytes())
+    """Copy the live metrics.csv and best.pt beside the model, then write the final model.pt."""
+    for live, out in ((run.outputs.checkpoints / "metrics.csv", run.outputs.metrics),
+                      (run.outputs.checkpoints / "best.pt", run.outputs.best)):
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(live.read_bytes())
     final = run.outputs.model
-    checkpoint.save({"model": state.model.state_dict(), "model_config": run.model_cfg.to_dict(),
-                     "train_config": asdict(run.params), "step": state.step, "tokens": state.tokens}, final)
-    print(f"wrote {final} after {state.step} steps, {state.tokens:,} tokens", file=sys.stderr)
+    checkpoint.save(_model_file(run, state, "final"), final)
+    print(f"wrote {final} after {state.step} steps, {state.tokens:,} tokens; best.pt has the lowest validation "
+          f"loss, {state.best_loss:.4f}", file=sys.stderr)
     return final
 
 
@@ -370,7 +460,10 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
         state = build_state(run)
         resume(run, state, resume_from, init_from)
         net = compiled(run, state.model)
-        metrics = MetricsLog(outputs.checkpoints / "metrics.csv", state.step) if env.main else None
+        metrics = None
+        if env.main:
+            metrics = MetricsLog(outputs.checkpoints / "metrics.csv", outputs.tensorboard, state.step)
+            print(data_budget(run, sum(q.numel() for q in state.model.parameters())), file=sys.stderr)
 
         p = run.params
         losses, started = [], time.perf_counter()
@@ -393,6 +486,8 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
                     on_step(state.step)
         finally:
             bar.close()  # before any error line, so the error is the last line of the log
+            if metrics is not None:
+                metrics.close()
         return finish(run, state) if env.main else None
     finally:
         if env.world > 1:
