@@ -137,18 +137,15 @@ def train_launcher():
 
 def benchmark_files(models):
     stages = ["fetch_dump", "patch_expanda", "build_corpus", "make_shards"]
-    if (
-        WIKI
-    ):  # (the per-file jobs' benchmarks are in results/benchmarks/{fetch_part,extract_chunk}/)
-        buckets = range(config["corpus"]["chunks"])
+    # (whole wikis: the per-file jobs' benchmarks are in results/benchmarks/{fetch_part,extract_chunk}/)
+    if WIKI:
+        per_bucket = ("gather_bucket", "tokenize_bucket", "shard_bucket")
+        buckets = [f"{s}/{b}" for s in per_bucket for b in range(len(BUCKETS))]
         stages = [
             "list_dump",
             "patch_expanda",
-            *(f"gather_bucket/{b}" for b in buckets),
+            *buckets,
             "train_vocab",
-        ]
-        stages += [
-            *(f"tokenize_bucket/{b}" for b in buckets),
             "gather_corpus",
             "make_shards",
         ]

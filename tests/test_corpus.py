@@ -367,6 +367,27 @@ def test_wiki_parts_are_separate_jobs_with_the_sentences_of_one_job(wiki_run, sa
     assert (info["date"], info["lang"], info["articles"], len(info["files"])) == (WIKI_DATE, "en", n, 3)
 
 
+def test_wiki_shards_per_bucket_equal_one_sharding_job(wiki_run, tmp_path):
+    from gpt2.shards import TokenStream
+
+    c = wiki_run / "results/corpus"
+    proc = gpt2("make-shards", "--vocab_path", str(c / "vocab.txt"), "--train_corpus", str(c / "corpus.train.txt"),
+                "--valid_corpus", str(c / "corpus.valid.txt"), "--test_corpus", str(c / "corpus.test.txt"),
+                "--raw_corpus", str(c / "corpus.raw.txt"), "--articles", str(c / "corpus.articles.tsv"),
+                "--out", str(tmp_path / "one"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((wiki_run / "results/logs/shard_bucket").glob("*.log"))) == 3
+    ours, one = wiki_run / "results/shards", tmp_path / "one"
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (ours, one))
+    for split in ("test", "valid", "train"):
+        x, y = TokenStream(ours / "manifest.json", split), TokenStream(one / "manifest.json", split)
+        assert len(x) == len(y) and (x.window(0, len(x)) == y.window(0, len(y))).all(), split
+        for key in ("documents", "lines", "tokens", "bytes", "unk_tokens", "missing_from_vocab"):
+            assert a["splits"][split][key] == b["splits"][split][key], (split, key)
+    assert (ours / "test/text.txt").read_bytes() == (one / "test/text.txt").read_bytes()
+    assert a["vocab_sha256"] == b["vocab_sha256"] and a["sources_sha256"] == b["sources_sha256"]
+
+
 def test_a_single_file_cut_into_pieces_gives_the_same_corpus(wiki_run, wiki_parts, tmp_path):
     """One multistream file in 4 pieces and 4 buckets: the very corpus of 3 parts in 3 buckets."""
     header, parts, footer = wiki_parts

@@ -20,6 +20,7 @@ import fcntl
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -96,8 +97,12 @@ def article_sizes(articles: Path, split: str) -> list[int]:
                 if row["split"] == split]
 
 
-def documents(tokens: IO[str], raw: IO[bytes] | None, sizes: list[int] | None) -> Iterator[Document]:
-    """The documents of one split: runs of `sizes` lines (articles), or every line alone (unit sentence)."""
+def documents(tokens: IO[str], raw: IO[bytes] | None, sizes: list[int] | None,
+              last: bool = True) -> Iterator[Document]:
+    """The documents of one split: runs of `sizes` lines (articles), or every line alone (unit sentence).
+
+    `last`: the split ends the file, so no line may be left after it.
+    """
     if sizes is None:
         for line in tokens:
             yield [line], [raw.readline()] if raw else []
@@ -106,11 +111,11 @@ def documents(tokens: IO[str], raw: IO[bytes] | None, sizes: list[int] | None) -
         lines = list(itertools.islice(tokens, size))
         if len(lines) < size:
             raise UserError(f"{tokens.name} has fewer lines than corpus.articles.tsv gives its articles; "
-                            "rebuild the corpus (rule build_corpus)")
+                            "rebuild the corpus")
         yield lines, [raw.readline() for _ in range(size)] if raw else []
-    if tokens.readline():
+    if last and tokens.readline():
         raise UserError(f"{tokens.name} has more lines than corpus.articles.tsv gives its articles; "
-                        "rebuild the corpus (rule build_corpus)")
+                        "rebuild the corpus")
 
 
 def _text_block(docs: list[Document]) -> bytes:
@@ -171,27 +176,35 @@ def make_shards(vocab_path: Path, train_corpus: Path, valid_corpus: Path, test_c
                 with open(path, encoding="utf-8") as tokens:
                     splits[name] = shard_split(documents(tokens, raw, sizes), vocab, staging / name, name,
                                                params.shard_tokens, raw is not None, text)
-            seconds = time.perf_counter() - started
-            total = sum(s["tokens"] for s in splits.values())
-            manifest = {
-                "format": "raw little-endian uint16 token ids; each document (an article, or a line with unit "
-                          "sentence) is its lines' tokens back to back, then </s>; documents packed",
-                "unit": "article" if articles else "sentence",
-                "dtype": DTYPE.str,
-                "vocab": os.path.relpath(vocab_path, out),  # relative to this manifest's folder
-                "vocab_size": len(vocab),
-                "vocab_sha256": file_digest(vocab_path),
-                "sources_sha256": {name: file_digest(path) for name, path in corpora.items()},
-                "special_ids": {token: vocab[token] for token in SPECIALS},
-                "eos_id": EOS_ID,
-                "shard_tokens": params.shard_tokens,
-                "splits": splits,
-                "tokens_per_second": round(total / seconds),
-            }
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            manifest = write_manifest(staging, splits, vocab_path, corpora, "article" if articles else "sentence",
+                                      params, time.perf_counter() - started)
     finally:
         if raw:
             raw.close()
+    return manifest
+
+
+def write_manifest(folder: Path, splits: dict, vocab_path: Path, corpora: dict[str, Path], unit: str,
+                   params: ShardsParams, seconds: float) -> dict:
+    """`folder`/manifest.json for the `splits` written there; log a line per split."""
+    vocab = load_vocab(vocab_path)
+    total = sum(s["tokens"] for s in splits.values())
+    manifest = {
+        "format": "raw little-endian uint16 token ids; each document (an article, or a line with unit "
+                  "sentence) is its lines' tokens back to back, then </s>; documents packed",
+        "unit": unit,
+        "dtype": DTYPE.str,
+        "vocab": os.path.relpath(vocab_path, folder),  # relative to the manifest (staging is beside its final place)
+        "vocab_size": len(vocab),
+        "vocab_sha256": file_digest(vocab_path),
+        "sources_sha256": {name: file_digest(path) for name, path in corpora.items()},
+        "special_ids": {token: vocab[token] for token in SPECIALS},
+        "eos_id": EOS_ID,
+        "shard_tokens": params.shard_tokens,
+        "splits": splits,
+        "tokens_per_second": round(total / seconds),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for name, split in splits.items():
         print(f"{name}: {split['documents']:,} documents, {split['lines']:,} lines, {split['tokens']:,} tokens, "
               f"{split['unk_tokens']:,} <unk> ({split['missing_from_vocab']:,} not in vocab.txt), "
@@ -315,3 +328,72 @@ class TokenStream:
             need -= len(piece)
             i, offset = i + 1, 0
         return np.concatenate(pieces)
+
+
+# --- whole wikis: one sharding job per bucket, then the manifest -------------------------
+
+SPLITS = ("test", "valid", "train")  # corpus order: within a bucket each split is one run of articles
+
+
+def shard_bucket(bucket: Path, tokens: Path, vocab_path: Path, out: Path, params: ShardsParams) -> dict:
+    """Shard one bucket's articles (gather_bucket's articles.tsv and raw.txt, tokenize_bucket's lines)
+    into `out`/<split>/ and write `out`/splits.json with each split's manifest entry and the seconds taken."""
+    started = time.perf_counter()
+    vocab = load_vocab(vocab_path)
+    sizes: dict[str, list[int]] = {name: [] for name in SPLITS}
+    with open(Path(bucket) / "articles.tsv", encoding="utf-8") as tsv:
+        for row in tsv:
+            split, *_, lines = row.rstrip("\n").split("\t")
+            sizes[split].append(int(lines))
+    present = [name for name in SPLITS if sizes[name]]
+    with atomic_dir(out) as staging, open(tokens, encoding="utf-8") as token_fh, \
+            open(Path(bucket) / "raw.txt", "rb") as raw:
+        splits = {}
+        for name in present:
+            text = staging / name / "text.txt" if name == "test" else None
+            docs = documents(token_fh, raw, sizes[name], last=name == present[-1])
+            splits[name] = shard_split(docs, vocab, staging / name, name, params.shard_tokens, True, text)
+        seconds = time.perf_counter() - started
+        (staging / "splits.json").write_text(json.dumps({"seconds": seconds, "splits": splits}, indent=2) + "\n")
+    return splits
+
+
+def gather_shards(buckets: list[Path], vocab_path: Path, train_corpus: Path, valid_corpus: Path, test_corpus: Path,
+                  out: Path, params: ShardsParams) -> dict:
+    """The buckets' shards, in bucket order, as one shards folder: files hard-linked (copied across
+    file systems) and numbered on, counts summed, test texts joined, then manifest.json (the corpus
+    files are hashed into it, as make_shards does)."""
+    started = time.perf_counter()
+    corpora = {"test": Path(test_corpus), "valid": Path(valid_corpus), "train": Path(train_corpus)}
+    with atomic_dir(out) as staging:
+        splits = {name: {"documents": 0, "lines": 0, "tokens": 0, "bytes": 0, "unk_tokens": 0,
+                         "missing_from_vocab": 0, "shards": []} for name in SPLITS}
+        for name in SPLITS:
+            (staging / name).mkdir()
+        seconds = 0.0  # the buckets' sharding time, so tokens_per_second is a sharding job's rate
+        with open(staging / "test" / "text.txt", "wb") as text:
+            for bucket in map(Path, buckets):
+                done = json.loads((bucket / "splits.json").read_text())
+                seconds += done["seconds"]
+                for name, part in done["splits"].items():
+                    _merge_split(splits[name], part, bucket, staging, name)
+                    if name == "test":
+                        text.write((bucket / "test" / "text.txt").read_bytes())
+        for name, split in splits.items():
+            if split["tokens"] == 0:
+                raise UserError(f"the {name} split is empty in every bucket; check the corpus stage's logs")
+        manifest = write_manifest(staging, splits, vocab_path, corpora, "article", params,
+                                  seconds + time.perf_counter() - started)
+    return manifest
+
+
+def _merge_split(total: dict, part: dict, bucket: Path, staging: Path, name: str) -> None:
+    for key in ("documents", "lines", "tokens", "bytes", "unk_tokens", "missing_from_vocab"):
+        total[key] += part[key]
+    for shard in part["shards"]:
+        target = f"{name}/{name}_{len(total['shards']):06d}.bin"
+        try:
+            os.link(bucket / shard["file"], staging / target)
+        except OSError:
+            shutil.copyfile(bucket / shard["file"], staging / target)
+        total["shards"].append({**shard, "file": target})
