@@ -24,7 +24,7 @@ from gpt2.corpus import (_run_expanda, corpus_files, installed_expanda, patch_ex
 from gpt2.files import file_digest
 from gpt2.params import CorpusParams
 from gpt2.vocab import SPECIALS
-from wikidump import dump_files, multistream, sample_export, write_mirror
+from wikidump import dump_files, multistream, sample_parts, three_part_dump, write_mirror
 
 CORPUS = [f"results/corpus/{name}" for name in corpus_files("article")]
 # sha256 of corpus.raw.txt that expanda 1.3.1 (patches 0001-0004 only) built from the sample with seed 0 and
@@ -332,16 +332,13 @@ def _wiki_config(mirror: str, chunks: int) -> dict:
 @pytest.fixture(scope="module")
 def wiki_parts():
     """The sample's pages as a three-part enwiki dump (header, parts, footer)."""
-    header, pages, footer = sample_export()
-    return header, [pages[:70], pages[70:140], pages[140:]], footer
+    return sample_parts()
 
 
 @pytest.fixture(scope="module")
-def wiki_run(tmp_path_factory, wiki_parts):
+def wiki_run(tmp_path_factory):
     """A three-part dump served over loopback HTTP, built by Snakemake into shards."""
-    header, parts, footer = wiki_parts
-    files = {f"/enwiki/{WIKI_DATE}/{name}": data for name, data in dump_files("enwiki", WIKI_DATE, parts, header,
-                                                                               footer).items()}
+    files = {f"/enwiki/{WIKI_DATE}/{name}": data for name, data in three_part_dump("enwiki", WIKI_DATE).items()}
     files["/enwiki/"] = f'<a href="{WIKI_DATE}/">{WIKI_DATE}/</a>'.encode()
     work = tmp_path_factory.mktemp("wiki")
     for server in serve(files):

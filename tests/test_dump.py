@@ -13,7 +13,7 @@ from conftest import gpt2, serve, snakemake, write_dump
 from gpt2 import UserError
 from gpt2.dump import dump_name, info_path, inspect_dump, partial_path
 from gpt2.params import DumpParams
-from wikidump import dump_files, sample_export
+from wikidump import three_part_dump
 
 DUMP_FILE = "enwiki-20240801-pages-articles-multistream1.xml-p1p41242.bz2"
 
@@ -157,8 +157,7 @@ WIKI_DATE = "20260101"
 @pytest.fixture
 def wiki_server():
     """enwiki with a finished three-part dump and a newer one still running, over loopback HTTP."""
-    header, pages, footer = sample_export()
-    files = dump_files("enwiki", WIKI_DATE, [pages[:70], pages[70:140], pages[140:]], header, footer)
+    files = three_part_dump("enwiki", WIKI_DATE)
     served = {f"/enwiki/{WIKI_DATE}/{name}": data for name, data in files.items()}
     running = {"jobs": {"articlesmultistreamdump": {"status": "in-progress", "files": {}}}}
     served["/enwiki/20260201/dumpstatus.json"] = json.dumps(running).encode()
@@ -198,8 +197,7 @@ def test_listing_errors_name_the_setting(wiki_server, tmp_path, flags, message):
 
 @pytest.mark.reliability
 def test_a_wrong_sha1_fails_that_part_alone(tmp_path):
-    header, pages, footer = sample_export()
-    files = dump_files("enwiki", WIKI_DATE, [pages[:70], pages[70:140], pages[140:]], header, footer)
+    files = three_part_dump("enwiki", WIKI_DATE)
     bad = next(name for name in files if "multistream2.xml" in name)
     status = json.loads(files["dumpstatus.json"])
     status["jobs"]["articlesmultistreamdump"]["files"][bad]["sha1"] = "0" * 40

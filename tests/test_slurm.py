@@ -13,7 +13,7 @@ import pytest
 import slurm_cluster
 from conftest import ROOT, TINY_CONFIG, serve, snakemake
 from gpt2.launch import launch_command
-from wikidump import dump_files, sample_export
+from wikidump import three_part_dump
 
 SLURM_CONFIG = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10}}
 PROFILE = ("--profile", str(ROOT / "profiles/slurm"), "--workflow-profile", str(ROOT / "tests/slurm_profile"))
@@ -90,8 +90,7 @@ def test_whole_pipeline_runs_as_slurm_jobs(cluster, tmp_path):
 @pytest.mark.slurm
 def test_a_three_part_wiki_is_built_by_slurm_jobs(cluster, tmp_path):
     """Fetches stay on the login node; every extraction and gather job is a SLURM job."""
-    header, pages, footer = sample_export()
-    files = dump_files("enwiki", "20260101", [pages[:70], pages[70:140], pages[140:]], header, footer)
+    files = three_part_dump("enwiki", "20260101")
     config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": "20260101"}, "corpus": {"chunks": 3}}
     for server in serve({f"/enwiki/20260101/{name}": data for name, data in files.items()}):
         config["dump"]["mirror"] = server.base

@@ -27,6 +27,18 @@ def sample_export() -> tuple[str, list[str], str]:
     return split_export(bz2.open(sample_path(), "rt", encoding="utf-8").read())
 
 
+def sample_parts() -> tuple[str, list[list[str]], str]:
+    """The sample's 206 pages as three parts (header, parts, footer)."""
+    header, pages, footer = sample_export()
+    return header, [pages[:70], pages[70:140], pages[140:]], footer
+
+
+def three_part_dump(wiki: str, date: str) -> dict[str, bytes]:
+    """The dump folder of the sample as a three-part wiki."""
+    header, parts, footer = sample_parts()
+    return dump_files(wiki, date, parts, header, footer)
+
+
 def page_id(page: str) -> int:
     return int(re.search(r"<id>(\d+)</id>", page)[1])
 

@@ -86,7 +86,6 @@ TRAIN_CORPUS = _file("train_corpus", "expanda's corpus.train.txt")
 VOCAB = _file("vocab_path", "expanda's vocab.txt (needed with text corpora)")
 MODEL = _file("model_path", "model.pt written by train", required=True)
 NEEDS_VOCAB = _file("vocab_path", "expanda's vocab.txt", required=True)
-SHARD_VOCAB = _file("vocab_path", "expanda's vocab.txt", required=True)
 CORPUS_SPLITS = (_file("train_corpus", "expanda's corpus.train.txt", required=True),
                  _file("valid_corpus", "expanda's corpus.valid.txt", required=True),
                  _file("test_corpus", "expanda's corpus.test.txt", required=True))
@@ -142,18 +141,18 @@ COMMANDS = {
         Arg("out", "folder for corpus.*.txt and corpus.articles.tsv", required=True),
         Arg("info", "the dump's JSON sidecar to write", required=True))),
     "make-shards": Command("gpt2.shards:make_shards", "token lines -> uint16 shards + manifest.json", (
-        SHARD_VOCAB, *CORPUS_SPLITS,
+        NEEDS_VOCAB, *CORPUS_SPLITS,
         _file("raw_corpus", "expanda's corpus.raw.txt: byte counts and the test split's raw text"),
         _file("articles", "expanda's corpus.articles.tsv (unit article): each article one document"),
         Arg("out", "folder for train/, test/ and manifest.json", required=True)), (ShardsParams,)),
     "shard-bucket": Command("gpt2.shards:shard_bucket", "source wiki: one bucket's token lines -> uint16 shards", (
         _file("bucket", "a gather-bucket folder", required=True),
-        _file("tokens", "its tokenize-bucket lines", required=True), SHARD_VOCAB,
+        _file("tokens", "its tokenize-bucket lines", required=True), NEEDS_VOCAB,
         Arg("out", "folder for the bucket's shards and splits.json", required=True)), (ShardsParams,)),
     "gather-shards": Command("gpt2.shards:gather_shards", "source wiki: the buckets' shards -> one shards folder "
                              "+ manifest.json", (
         _file("buckets", "shard-bucket folders, in bucket order", required=True, options={"nargs": "+"}),
-        SHARD_VOCAB, *CORPUS_SPLITS, Arg("out", "folder for train/, valid/, test/ and manifest.json",
+        NEEDS_VOCAB, *CORPUS_SPLITS, Arg("out", "folder for train/, valid/, test/ and manifest.json",
                                          required=True)), (ShardsParams,)),
     "train": Command("gpt2.train:train_command", "train (or resume) a GPT-2; re-running the same command resumes "
                      "from the newest checkpoint", (

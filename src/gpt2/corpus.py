@@ -356,6 +356,20 @@ def _wiki_args(params: CorpusParams) -> dict[str, str]:
             "max-length": str(params.max_length), "split-sent": str(params.split_sent).lower(), "unit": "article"}
 
 
+def _header(line: bytes) -> tuple[int, str]:
+    """(page id, title) of an article's header line: `<ARTICLE_MARK><page id>\t<title>`."""
+    page_id, title = line[len(ARTICLE_MARK):].decode("utf-8").rstrip("\n").split("\t", 1)
+    return int(page_id), title
+
+
+def _bucket_rows(bucket: Path):
+    """(split, lines, row) of each article in a gather-bucket folder's articles.tsv, in corpus order."""
+    with open(Path(bucket) / "articles.tsv", "rb") as tsv:
+        for row in tsv:
+            split, *_, lines = row.rstrip(b"\n").split(b"\t")
+            yield split.decode(), int(lines), row
+
+
 def _articles(path: Path):
     """(page id, title, lines) of each article in an extension output / bucket file, lines as bytes."""
     page = None
@@ -364,8 +378,7 @@ def _articles(path: Path):
             if line.startswith(ARTICLE_MARK):
                 if page:
                     yield page
-                page_id, title = line[1:].decode("utf-8").rstrip("\n").split("\t", 1)
-                page = (int(page_id), title, [])
+                page = (*_header(line), [])
             elif page and line.strip():
                 page[2].append(line)
     if page:
@@ -382,7 +395,7 @@ def scatter(text: Path, out: Path, params: CorpusParams) -> dict:
             if not lines:
                 continue  # as in a one-job build: an article without sentences is dropped
             b = article_key(params.seed, page_id) * params.chunks >> 64
-            buckets[b].write(f"\x01{page_id}\t{title}\n".encode("utf-8"))
+            buckets[b].write(ARTICLE_MARK + f"{page_id}\t{title}\n".encode("utf-8"))
             buckets[b].writelines(lines)
             counts[b] += 1
             articles, sentences = articles + 1, sentences + len(lines)
@@ -418,8 +431,8 @@ def gather_bucket(extracted: list[Path], bucket: int, out: Path, params: CorpusP
         with open(path, "rb") as fh:
             for line in iter(fh.readline, b""):
                 if line.startswith(ARTICLE_MARK):
-                    page_id, title = line[1:].decode("utf-8").rstrip("\n").split("\t", 1)
-                    index.append([article_key(params.seed, int(page_id)), int(page_id), title, number, fh.tell(), 0])
+                    page_id, title = _header(line)
+                    index.append([article_key(params.seed, page_id), page_id, title, number, fh.tell(), 0])
                 else:
                     index[-1][5] += 1
     index.sort()
@@ -445,11 +458,9 @@ def _train_head(buckets: list[Path], dest: Path, limit: int) -> int:
     written = 0
     with open(dest, "wb") as out:
         for bucket in buckets:
-            with open(Path(bucket) / "articles.tsv", encoding="utf-8") as tsv, open(Path(bucket) / "raw.txt",
-                                                                                   "rb") as raw:
-                for row in tsv:
-                    split, *_, lines = row.rstrip("\n").split("\t")
-                    block = b"".join(raw.readline() for _ in range(int(lines)))
+            with open(Path(bucket) / "raw.txt", "rb") as raw:
+                for split, lines, _ in _bucket_rows(bucket):
+                    block = b"".join(raw.readline() for _ in range(lines))
                     if split == "train":
                         out.write(block)
                         written += len(block)
@@ -512,14 +523,11 @@ def gather_corpus(listing: Path, extracted: list[Path], buckets: list[Path], tok
 
 
 def _append_bucket(bucket: Path, token_file: Path, files: dict, counts: dict) -> None:
-    with open(bucket / "articles.tsv", "rb") as tsv, open(bucket / "raw.txt", "rb") as raw, \
-            open(token_file, "rb") as tokens:
-        for row in tsv:
-            split, *_, lines = row.rstrip(b"\n").split(b"\t")
-            n = int(lines)
+    with open(bucket / "raw.txt", "rb") as raw, open(token_file, "rb") as tokens:
+        for split, n, row in _bucket_rows(bucket):
             files["corpus.raw.txt"].writelines(raw.readline() for _ in range(n))
-            files[f"corpus.{split.decode()}.txt"].writelines(tokens.readline() for _ in range(n))
+            files[f"corpus.{split}.txt"].writelines(tokens.readline() for _ in range(n))
             files[ARTICLES].write(row)
-            counts[f"corpus.{split.decode()}.txt"] += n
+            counts[f"corpus.{split}.txt"] += n
             counts["corpus.raw.txt"] += n
             counts[ARTICLES] += 1

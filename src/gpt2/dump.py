@@ -30,7 +30,7 @@ import urllib3
 from tqdm import tqdm
 
 from gpt2 import UserError
-from gpt2.files import atomic_path, file_digest
+from gpt2.files import atomic_path, file_digest, link_or_copy
 from gpt2.params import DumpParams
 
 SAMPLE_RESOURCE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -257,13 +257,9 @@ def fetch_dump(out: Path, params: DumpParams) -> dict:
 
 
 def _link_or_copy(src: Path, out: Path) -> None:
-    # A hard link costs no space and leaves the user's file untouched.
     with atomic_path(out) as tmp:
         tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+        link_or_copy(src, tmp)
 
 
 # --- whole wikis: dumpstatus.json, then one job per file ------------------------------

@@ -53,6 +53,14 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def link_or_copy(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Hard-link `src` at `dest` (no space, the source untouched); copy across file systems."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename in `path` durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -20,7 +20,6 @@ import fcntl
 import itertools
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2 import UserError
-from gpt2.files import atomic_dir, file_digest
+from gpt2.files import atomic_dir, file_digest, link_or_copy
 from gpt2.params import ShardsParams
 from gpt2.vocab import EOS_ID, SPECIALS, UNK_ID, load_tokenizer, load_vocab
 
@@ -392,8 +391,5 @@ def _merge_split(total: dict, part: dict, bucket: Path, staging: Path, name: str
         total[key] += part[key]
     for shard in part["shards"]:
         target = f"{name}/{name}_{len(total['shards']):06d}.bin"
-        try:
-            os.link(bucket / shard["file"], staging / target)
-        except OSError:
-            shutil.copyfile(bucket / shard["file"], staging / target)
+        link_or_copy(bucket / shard["file"], staging / target)
         total["shards"].append({**shard, "file": target})

@@ -463,7 +463,7 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
         metrics = None
         if env.main:
             metrics = MetricsLog(outputs.checkpoints / "metrics.csv", outputs.tensorboard, state.step)
-            print(data_budget(run, sum(q.numel() for q in state.model.parameters())), file=sys.stderr)
+            print(data_budget(run, state.model.num_params()["total"]), file=sys.stderr)
 
         p = run.params
         losses, started = [], time.perf_counter()
