@@ -4,24 +4,47 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 
-from conftest import ROOT
+from conftest import ROOT, SNAKEMAKE
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def test_gpu_script_smoke_run_on_cpu(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks/gpu.sh"), "--device", "cpu", "--steps", "2", "--warmup",
-                           "1", "--batch", "1", "--seq", "32", "--vocab", "512"], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((tmp_path / "gpu.json").read_text())["results"]
-    assert [r["model"] for r in results] == ["ours", "hf"]
-    assert all(r["tokens_per_second"] > 0 and 0 < r["mfu"] < 1 for r in results)
-    assert "ours/HF:" in proc.stdout
+def test_gpu_workflow_script_runs_every_stage_on_the_cpu(tiny_run, tmp_path):
+    """The one-shot GPU script (prepare here, run there) with SMOKE=1: same stages, tiny model, CPU."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    shutil.copytree(tiny_run, work, symlinks=True)  # shards, vocab and Snakemake's records, mtimes kept
+    out.mkdir()
+    env = dict(os.environ, PYTHON=sys.executable, SNAKEMAKE=str(SNAKEMAKE), GPU_WORK=str(work), OUT=str(out))
+    script = str(ROOT / "benchmarks/gpu_workflow.sh")
+    prepared = subprocess.run(["bash", script, "prepare"], env=env, capture_output=True, text=True, timeout=600)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    train_cmd = (work / ".gpu/train.sh").read_text()
+    assert train_cmd.startswith("python -m gpt2 train --shards results/shards/manifest.json")
+    for flag in ("--gpus 1", "--seq_len 1024", "--batch_tokens 524288", "--compile auto", "--amp auto"):
+        assert flag in train_cmd  # presets/gpu.yaml reached the rule's command
+    assert "--device cuda" in (work / ".gpu/evaluate.sh").read_text()
+
+    proc = subprocess.run(["bash", script, "run"], env=dict(env, SMOKE="1"), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = json.loads((work / "results/gpu/summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["train", "evaluate", "resume_killed", "resume", "generate",
+                                                       "decode", "speed", "memory"]
+    assert [(r["model"], "error" in r) for r in summary["speed"]] == [("ours", False), ("ours", False), ("hf", False)]
+    assert summary["speed"][0]["vs_hf"] > 0 and summary["loop"]["tokens_per_second"] > 0
+    assert 0 <= summary["loop"]["data_wait"] < 1 and summary["loop_vs_step"] > 0
+    resume = summary["resume"]  # fp32 on the CPU: a resumed run repeats the uninterrupted one
+    assert resume["checkpoint_step"] in (6, 12, 18) and resume["last_step"] == 24 and resume["max_final_diff"] < 1e-4
+    assert [d["method"] for d in summary["decode"]] == ["kv_cache", "recompute"]
+    assert [(m["size"], m["grad_ckpt"]) for m in summary["memory"]] == [("tiny", False), ("tiny", True)]
+    assert summary["evaluate_tokens_per_second"] > 0 and "| 3 resume |" in proc.stdout
+    with tarfile.open(out / "gpu_results.tgz") as packed:  # what the device tool brings back
+        assert {"gpu/summary.json", "gpu/train_small.log", "gpu/profile.txt"} <= set(packed.getnames())
 
 
 def test_alternate_reports_median_and_range():

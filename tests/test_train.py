@@ -25,7 +25,7 @@ from gpt2.cli import build_parser, settings_from
 from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
 import gpt2.train
-from gpt2.train import Batches, Outputs, lr_factor, model_config, param_groups, train
+from gpt2.train import Batches, Outputs, Prefetcher, lr_factor, model_config, param_groups, train
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
 RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--dropout", "0", "--lr", "0.003", "--warmup_steps", "4",
@@ -92,6 +92,46 @@ def test_every_sequence_is_seen_once_per_epoch(tiny_run):
     assert batches.indices(5) != Batches(stream, 128, 64, 4).indices(5)
 
 
+def test_prefetched_micro_batches_are_the_steps_sequences(tiny_run):
+    stream = TokenStream(tiny_run / "results/shards/manifest.json", "train")
+    batches = Batches(stream, 64, 8, 3)
+    slices = [slice(4, 6), slice(0, 2)]  # rank 2 of 4, two micro-batches of 2
+    feed = Prefetcher(batches, slices, 5, 9, None)
+    try:
+        for step in range(5, 9):
+            expected = [batches.host(batches.indices(step)[part], pin=False) for part in slices]
+            assert all(torch.equal(a, b) for a, b in zip(feed.next(), expected))
+    finally:
+        feed.close()
+
+
+def test_a_failing_prefetch_thread_raises_in_the_training_thread(tiny_run):
+    batches = Batches(TokenStream(tiny_run / "results/shards/manifest.json", "train"), 64, 8, 3)
+    batches.host = lambda seqs, pin: 1 / 0
+    feed = Prefetcher(batches, [slice(0, 8)], 0, 100, None)
+    with pytest.raises(ZeroDivisionError):
+        feed.next()
+    feed.close()
+    stuck = Prefetcher(Batches(batches.stream, 64, 8, 3), [slice(0, 8)], 0, 100, None, depth=1)
+    time.sleep(0.2)  # the thread now blocks on a full queue; close() must still end it
+    stuck.close()
+    assert not stuck._thread.is_alive()
+
+
+def test_on_a_gpu_the_prefetch_thread_pins_under_the_training_gpu(tiny_run, monkeypatch):
+    """CUDA is not here: the thread's CUDA calls are checked as torch would check them, then recorded."""
+    from torch.cuda._utils import _get_device_index
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", _get_device_index(d))))
+    batches = Batches(TokenStream(tiny_run / "results/shards/manifest.json", "train"), 64, 8, 3)
+    monkeypatch.setattr(batches, "host", lambda seqs, pin: calls.append(("host", pin)) or torch.zeros(1))
+    feed = Prefetcher(batches, [slice(0, 8)], 0, 2, gpu=1)
+    feed.next(), feed.next()
+    feed.close()
+    assert calls == [("set_device", 1), ("host", True), ("host", True)]
+
+
 def test_no_weight_decay_on_norms_biases_and_embeddings():
     model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8, rate=4, dropout=0.0))
     decay, plain = param_groups(model, 0.1)
@@ -108,10 +148,13 @@ def test_training_beats_the_unigram_baseline(tiny_run):
     rows = _rows(tiny_run / "results/train/tiny/metrics.csv")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.5  # from the unigram start (init_prior)
     assert [c for c in rows[0]] == ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second",
-                                    "grad_norm", "mfu"]
-    assert all(0 < float(r["mfu"]) < 1 for r in rows)
+                                    "grad_norm", "mfu", "data_wait"]
+    assert all(0 < float(r["mfu"]) < 1 and 0 <= float(r["data_wait"]) < 1 for r in rows)
     log = (tiny_run / "results/logs/train/tiny.log").read_text()
     assert "train: 100%" in log  # tqdm progress in the log
+    loop = re.search(r"loop: ([\d,]+) tokens/s, MFU ([\d.]+) %, waiting for batches ([\d.]+) % of the time, "
+                     r"steps 2-(\d+)", log)
+    assert loop and int(loop[4]) == TINY_CONFIG["train"]["steps"] and float(loop[3]) < 100
 
 
 def test_periodic_evaluation_reads_the_validation_split(tiny_run):

@@ -23,7 +23,9 @@ import csv
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,7 +46,9 @@ from gpt2.model import GPT, GPTConfig
 from gpt2.params import Architecture, TrainParams, accumulation, trajectory_keys
 from gpt2.shards import TokenStream, check_vocab, manifest_for
 
-METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm", "mfu"]
+# tokens_per_second, mfu and data_wait are over the wall time since the previous row: evaluation,
+# checkpoints and data loading included. data_wait is the share of it spent waiting for batches.
+METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm", "mfu", "data_wait"]
 
 
 def lr_factor(step: int, params: TrainParams, start: int = 0) -> float:
@@ -81,13 +85,61 @@ class Batches:
         first = step * self.per_step
         return [int(self._order(i // self.count)[i % self.count]) for i in range(first, first + self.per_step)]
 
-    def tensor(self, seqs: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets, (B, T) each, of the sequences `seqs`."""
+    def host(self, seqs: list[int], pin: bool) -> torch.Tensor:
+        """Token ids (B, T + 1) of the sequences `seqs`, in page-locked memory when `pin` (fast async copies)."""
         rows = np.stack([self.stream.window(i * self.seq_len, self.seq_len + 1) for i in seqs]).astype(np.int64)
-        ids = torch.from_numpy(rows)  # (B, T + 1)
-        if device.type == "cuda":
-            ids = ids.pin_memory().to(device, non_blocking=True)
-        return ids[:, :-1], ids[:, 1:]
+        ids = torch.from_numpy(rows)
+        return ids.pin_memory() if pin else ids
+
+
+class Prefetcher:
+    """The micro-batches of the coming steps, built by a background thread.
+
+    Each step ends in a host-device sync (the gradient norm is checked), so a
+    batch gathered from the memmapped shards after it would leave the device
+    idle; here it is ready (pinned for CUDA) before the step starts. Data order
+    stays a pure function of the step: the thread only works ahead.
+    """
+
+    def __init__(self, batches: Batches, slices: list[slice], first: int, last: int, gpu: int | None,
+                 depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.waited = 0.0  # seconds the training thread spent blocked in next()
+        self._thread = threading.Thread(target=self._fill, args=(batches, slices, first, last, gpu), daemon=True)
+        self._thread.start()
+
+    def _fill(self, batches: Batches, slices: list[slice], first: int, last: int, gpu: int | None) -> None:
+        """Batches of steps first..last-1, pinned for GPU `gpu` (an index; None: the CPU, no pinning)."""
+        try:
+            if gpu is not None:  # a new thread's current GPU is 0: pin under this rank's, not a context on GPU 0
+                torch.cuda.set_device(gpu)
+            for step in range(first, last):
+                seqs = batches.indices(step)
+                self._put([batches.host(seqs[part], gpu is not None) for part in slices])
+        except BaseException as exc:  # raised again by next() in the training thread
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> list[torch.Tensor]:
+        """This process's micro-batches of the next step, (B, T + 1) each, on the host."""
+        asked = time.perf_counter()
+        item = self._queue.get()
+        self.waited += time.perf_counter() - asked
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def param_groups(model: GPT, weight_decay: float) -> list[dict]:
@@ -165,7 +217,7 @@ class MetricsLog:
     """metrics.csv rows and TensorBoard scalars as training goes; on resume, steps past the checkpoint go."""
 
     SCALARS = {"train_loss": "loss/train", "eval_loss": "loss/valid", "lr": "lr", "tokens_per_second": "tokens_per_s",
-               "grad_norm": "grad_norm", "mfu": "mfu"}
+               "grad_norm": "grad_norm", "mfu": "mfu", "data_wait": "data_wait"}
 
     def __init__(self, path: Path, tensorboard: Path, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -365,14 +417,20 @@ def compiled(run: Run, model: GPT):
 # --- one step, one log row, one checkpoint -------------------------------------------
 
 
-def train_step(run: Run, net, state: TrainState) -> tuple[float, float, float]:
-    """One optimizer step over `accum` micro-batches per process: (mean loss, gradient norm, lr used)."""
+def micro_slices(run: Run) -> list[slice]:
+    """Which of a step's sequences each of this process's micro-batches holds (ranks interleave)."""
+    p, env = run.params, run.env
+    return [slice(lo, lo + p.micro_batch) for lo in ((m * env.world + env.rank) * p.micro_batch
+                                                      for m in range(run.accum))]
+
+
+def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tensor]) -> tuple[float, float, float]:
+    """One optimizer step over this process's micro-batches: (mean loss, gradient norm, lr used)."""
     env, p = run.env, run.params
-    seqs = run.batches.indices(state.step)
     loss_sum = torch.zeros((), device=env.device)
-    for micro in range(run.accum):
-        lo = (micro * env.world + env.rank) * p.micro_batch
-        x, y = run.batches.tensor(seqs[lo: lo + p.micro_batch], env.device)  # (B, T) each
+    for micro, host in enumerate(micro_batches):
+        ids = host.to(env.device, non_blocking=True)
+        x, y = ids[:, :-1], ids[:, 1:]  # (B, T) each
         with _maybe_no_sync(net, micro == run.accum - 1), autocast(env.device, run.bf16):
             _, loss, _ = net(x, y)
         state.scaler.scale(loss / run.accum).backward()
@@ -393,15 +451,33 @@ def train_step(run: Run, net, state: TrainState) -> tuple[float, float, float]:
     return train_loss, grad_norm, lr
 
 
-def metrics_row(run: Run, state: TrainState, losses: list[float], seconds: float, lr: float,
-                grad_norm: float) -> dict:
+class Meter:
+    """Wall time, tokens, time spent waiting for batches and train losses from `start` on."""
+
+    def __init__(self, state: TrainState, feed: Prefetcher, start: float | None = None):
+        self.start = time.perf_counter() if start is None else start
+        self.step, self.tokens, self.feed, self.waited = state.step, state.tokens, feed, feed.waited
+        self.losses: list[float] = []
+
+    def rate(self, state: TrainState, now: float) -> tuple[float, float]:
+        """(tokens/s, share of the time spent waiting for batches) up to `now`."""
+        seconds = now - self.start
+        return (state.tokens - self.tokens) / seconds, (self.feed.waited - self.waited) / seconds
+
+
+def mfu(run: Run, state: TrainState, tokens_per_second: float) -> float | None:
+    """Model FLOPs utilisation: tokens/s x (6N + 12LDT) over the device's peak (None when it is unknown)."""
+    return None if run.peak_flops is None else tokens_per_second * state.model.flops_per_token() / run.peak_flops
+
+
+def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lr: float, grad_norm: float) -> dict:
     """A metrics.csv row for the steps since the last one; the held-out loss too when it is due."""
     p = run.params
-    rate = len(losses) * p.batch_tokens / seconds
-    mfu = "" if run.peak_flops is None else f"{rate * state.model.flops_per_token() / run.peak_flops:.4f}"
-    row = {"step": state.step, "tokens": state.tokens, "train_loss": f"{sum(losses) / len(losses):.6f}",
+    rate, waiting = meter.rate(state, now)
+    utilisation = mfu(run, state, rate)
+    row = {"step": state.step, "tokens": state.tokens, "train_loss": f"{sum(meter.losses) / len(meter.losses):.6f}",
            "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}", "tokens_per_second": f"{rate:.1f}",
-           "mfu": mfu}
+           "mfu": "" if utilisation is None else f"{utilisation:.4f}", "data_wait": f"{waiting:.4f}"}
     if run.env.main and (state.step % p.eval_every == 0 or state.step == p.steps):
         nll, count = stream_nll(state.model, run.valid, run.model_cfg.seq_len, p.batch_eval, run.env.device,
                                 limit=p.eval_tokens, bf16=run.bf16)
@@ -411,6 +487,15 @@ def metrics_row(run: Run, state: TrainState, losses: list[float], seconds: float
             checkpoint.save(_model_file(run, state, "best", valid_loss=state.best_loss),
                             run.outputs.checkpoints / "best.pt")
     return row
+
+
+def throughput(run: Run, state: TrainState, meter: Meter) -> str:
+    """The log's summary of the loop's speed after its first step (where torch.compile compiles)."""
+    rate, waiting = meter.rate(state, time.perf_counter())
+    utilisation = mfu(run, state, rate)
+    return (f"loop: {rate:,.0f} tokens/s, MFU {'n/a' if utilisation is None else f'{100 * utilisation:.1f} %'}, "
+            f"waiting for batches {100 * waiting:.2f} % of the time, steps {meter.step + 1}-{state.step} "
+            "(evaluation, checkpoints and data loading included)")
 
 
 def _model_file(run: Run, state: TrainState, selected: str, **extra) -> dict:
@@ -466,28 +551,35 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
             print(data_budget(run, state.model.num_params()["total"]), file=sys.stderr)
 
         p = run.params
-        losses, started = [], time.perf_counter()
+        gpu = torch.cuda.current_device() if env.device.type == "cuda" else None  # init_distributed set it
+        feed = Prefetcher(run.batches, micro_slices(run), state.step, p.steps, gpu)
+        interval, loop = Meter(state, feed), None  # this metrics row's; the whole loop's after its first step
         bar = tqdm(total=p.steps, initial=state.step, desc="train", unit="step", mininterval=5, disable=not env.main)
         try:
             while state.step < p.steps:
-                loss, grad_norm, lr = train_step(run, net, state)
-                losses.append(loss)
+                loss, grad_norm, lr = train_step(run, net, state, feed.next())
+                interval.losses.append(loss)
                 bar.update(1)
                 last = state.step == p.steps
                 if state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last:
-                    row = metrics_row(run, state, losses, time.perf_counter() - started, lr, grad_norm)
+                    now = time.perf_counter()  # the evaluation below counts towards the next row's time
+                    row = metrics_row(run, state, interval, now, lr, grad_norm)
                     if env.main:
                         metrics.append(row)
                         bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
-                    losses, started = [], time.perf_counter()
+                    interval = Meter(state, feed, start=now)
                 if state.step % p.checkpoint_every == 0 or last:
                     save_checkpoint(run, state)
                 if on_step is not None:
                     on_step(state.step)
+                loop = loop or Meter(state, feed)
         finally:
+            feed.close()
             bar.close()  # before any error line, so the error is the last line of the log
             if metrics is not None:
                 metrics.close()
+        if env.main and loop is not None and state.step > loop.step:
+            print(throughput(run, state, loop), file=sys.stderr)
         return finish(run, state) if env.main else None
     finally:
         if env.world > 1:
