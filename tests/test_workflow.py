@@ -40,6 +40,19 @@ def test_partial_config_gets_defaults():
     assert config["dump"]["source"] == "sample"
 
 
+def test_values_inside_a_command_line_mapping_get_their_declared_types():
+    """`--config train='{steps: 300, ...}'` reaches the config with every value a string."""
+    config = check_config({"train": {"steps": "300", "lr": "0.001", "init_prior": "false", "amp": "off"},
+                           "models": {"small": {"layers": "2", "heads": "2", "dims": "128"}}})
+    assert (config["train"]["steps"], config["train"]["lr"], config["train"]["init_prior"]) == (300, 0.001, False)
+    assert config["train"]["amp"] == "off" and config["models"]["small"]["dims"] == 128
+    with pytest.raises(UserError, match=re.escape("train.steps = 'many' has the wrong type")):
+        check_config({"train": {"steps": "many"}})
+    # (--config takes every word after it, so the target goes first)
+    proc = snakemake(ROOT, extra=("-n", "results/eval_small.json", "--config", "train={steps: 300, lr: 0.001}"))
+    assert proc.returncode == 0, proc.stderr[-1000:]
+
+
 @pytest.mark.parametrize("config, key", [
     ({"dump": {"retries": -1}}, "dump.retries"),
     ({"dump": {"sha1": "xyz"}}, "dump.sha1"),

@@ -11,7 +11,8 @@ import copy
 import jsonschema
 
 from gpt2 import UserError
-from gpt2.params import SECTIONS, TrainParams, accumulation, choices, config_schema, from_values, settings
+from gpt2.params import (SECTIONS, Architecture, TrainParams, accumulation, choices, config_schema, from_values,
+                         settings)
 
 SCHEMA_FILE = "schemas/config.schema.yaml"
 
@@ -54,6 +55,30 @@ def _normalise_switches(config: dict) -> None:
                 config[name][f.name] = "on" if value else "off"
 
 
+def _retype_command_line_strings(config: dict) -> None:
+    """Snakemake's --config reads the values inside a mapping as strings (train='{steps: 300}' gives
+    '300'): declared numbers and booleans get their type back. A value that does not parse stays a
+    string, for the schema to name."""
+    sections = [(cls, config.get(name)) for name, cls in SECTIONS.items()]
+    sections += [(Architecture, arch) for arch in (config.get("models") or {}).values()]
+    for cls, values in sections:
+        if not isinstance(values, dict):
+            continue
+        for f in settings(cls, ("both", "config")):
+            value = values.get(f.name)
+            if isinstance(value, str) and f.type in (int, float, bool):
+                values[f.name] = _typed(value, f.type)
+
+
+def _typed(text: str, kind: type) -> int | float | bool | str:
+    if kind is bool:
+        return {"true": True, "yes": True, "false": False, "no": False}.get(text.lower(), text)
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
 def _normalise_parts(config: dict) -> None:
     """dump.parts may be written as a number or a YAML list: make it the string the schema takes."""
     parts = config.get("dump", {}).get("parts")
@@ -66,6 +91,7 @@ def check_config(config: dict) -> dict:
 
     Raises UserError with one line: the offending key, its value and what is allowed.
     """
+    _retype_command_line_strings(config)
     _normalise_parts(config)
     schema = config_schema()
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
