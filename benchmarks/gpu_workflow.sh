@@ -10,7 +10,7 @@
 #
 # `run` does, most important first, each stage under its own time limit:
 #   2  the rules' train and evaluate commands: the loop's tokens/s, MFU and time waiting for batches
-#   3  the same training in another folder, checkpointing halfway, SIGKILLed after it and re-run
+#   3  the same command in another folder, SIGKILLed after its first checkpoint and re-run
 #   4  evaluate's tokens/s (from 2), `python -m gpt2 generate`, and decoding with/without the KV cache
 #   1  one training step, ours vs transformers at vocab 50304, and ours at the preset's shape; top kernels
 #   5  peak memory, small and medium at seq 1024, grad_ckpt off and on (eager)
@@ -67,7 +67,7 @@ train_cmd() {  # the rule's command, its outputs and log moved to folder $1 (`sm
 }
 
 killed_after_first_checkpoint() {  # start the training in the background, SIGKILL it after its first checkpoint
-    bash -c "exec $(train_cmd resume) $TRAIN_EXTRA $RESUME_EXTRA" &
+    bash -c "exec $(train_cmd resume) $TRAIN_EXTRA" &
     local pid=$!
     until compgen -G "results/train/resume/checkpoints/step_*.pt" >/dev/null; do
         kill -0 "$pid" 2>/dev/null || { echo "training ended before its first checkpoint"; return 1; }
@@ -95,8 +95,6 @@ run() {
     # hf last: should transformers fail to compile, ours at both shapes are measured already.
     local shapes=(--shape "ours:50304:$micro" --shape "ours:$vocab:$micro" --shape "hf:50304:$micro")
     TRAIN_EXTRA="" EVAL_EXTRA=""
-    # Stage 3's run checkpoints halfway (checkpoint_every does not change a run's trajectory).
-    RESUME_EXTRA="--checkpoint_every $(($(grep -o -- '--steps [0-9]*' .gpu/train.sh | cut -d' ' -f2) / 2))"
     if [ "${SMOKE:-0}" = 1 ]; then
         gpu=(--device cpu --seq 32) speed=(--steps 2 speed --warmup 1 --size tiny)
         memory=(--steps 1 memory --sizes tiny --vocab 512 --batch 2)
@@ -104,7 +102,7 @@ run() {
         TRAIN_EXTRA="--gpus 0 --device cpu --threads 1 --layers 2 --heads 2 --dims 64 --seq_len 64 --steps 24
                      --batch_tokens 1024 --micro_batch 8 --batch_eval 8 --warmup_steps 2 --eval_every 4
                      --eval_tokens 1024 --log_every 2 --checkpoint_every 6"
-        EVAL_EXTRA="--device cpu --threads 1" RESUME_EXTRA="--checkpoint_every 6"
+        EVAL_EXTRA="--device cpu --threads 1"
     fi
     TRAIN_EXTRA=$(echo $TRAIN_EXTRA)  # one line
     {
@@ -123,9 +121,9 @@ run() {
     cp results/logs/evaluate/small.log "$RESULTS/evaluate_small.log"
 
     export -f train_cmd killed_after_first_checkpoint
-    export RESULTS TRAIN_EXTRA RESUME_EXTRA
+    export RESULTS TRAIN_EXTRA
     stage resume_killed 120 bash -c killed_after_first_checkpoint
-    stage resume 120 bash -c "$(train_cmd resume) $TRAIN_EXTRA $RESUME_EXTRA"
+    stage resume 120 bash -c "$(train_cmd resume) $TRAIN_EXTRA"
     cp results/logs/train/resume.log "$RESULTS/train_resume.log"
     cp results/train/resume/metrics.csv "$RESULTS/metrics_resume.csv"
 

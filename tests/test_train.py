@@ -132,6 +132,33 @@ def test_on_a_gpu_the_prefetch_thread_pins_under_the_training_gpu(tiny_run, monk
     assert calls == [("set_device", 1), ("host", True), ("host", True)]
 
 
+def test_a_background_checkpoint_holds_the_state_it_was_asked_for(tmp_path):
+    import threading
+
+    from gpt2 import UserError, checkpoint
+
+    weights, may_write = torch.zeros(4), threading.Event()
+
+    def write(state):
+        may_write.wait()
+        checkpoint.save(state, tmp_path / "c.pt")
+
+    writer = checkpoint.Writer()
+    writer.submit(write, {"model": {"w": weights}, "model_config": {}, "step": 1})
+    weights += 1  # training goes on before the write starts
+    may_write.set()
+    writer.wait()
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["model"]["w"], torch.zeros(4))
+
+    def full_disk(state):
+        raise UserError("could not write c.pt; is the disk full?")
+
+    writer.submit(full_disk, {})
+    with pytest.raises(UserError, match="disk full"):
+        writer.wait()
+    writer.wait()  # reported once
+
+
 def test_no_weight_decay_on_norms_biases_and_embeddings():
     model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8, rate=4, dropout=0.0))
     decay, plain = param_groups(model, 0.1)

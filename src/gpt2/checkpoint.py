@@ -7,8 +7,11 @@ model and the configs only. Both load with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -95,3 +98,54 @@ def save_rotating(folder: Path, state: dict, keep: int) -> Path:
     for old in paths(folder)[keep:]:
         old.unlink()
     return path
+
+
+# --- writing while training goes on ----------------------------------------------------
+
+
+def to_host(value: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor copied to host memory, detached from training."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(v) for v in value)
+    return value
+
+
+class Writer:
+    """Checkpoint writes in a background thread, in the order they were asked for.
+
+    The training loop pays for a copy of the state to host memory (a GPU checkpoint of GPT-2 small
+    with its AdamW moments is ~1.1 GB: a fraction of a second) instead of serialising and fsyncing
+    it. Each write is still atomic; `wait()` returns once all are on disk and raises the first
+    write's error, if any.
+    """
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Callable[[dict], Any], state: dict) -> None:
+        """Run `write(copy of state)` in the background; the live `state` may change right after."""
+        self._queue.put((write, to_host(state)))
+
+    def _work(self) -> None:
+        while True:
+            write, state = self._queue.get()
+            try:
+                if self._error is None:
+                    write(state)
+            except BaseException as exc:  # raised again by wait() in the training thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def wait(self) -> None:
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -470,7 +470,8 @@ def mfu(run: Run, state: TrainState, tokens_per_second: float) -> float | None:
     return None if run.peak_flops is None else tokens_per_second * state.model.flops_per_token() / run.peak_flops
 
 
-def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lr: float, grad_norm: float) -> dict:
+def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lr: float, grad_norm: float,
+                writer: checkpoint.Writer) -> dict:
     """A metrics.csv row for the steps since the last one; the held-out loss too when it is due."""
     p = run.params
     rate, waiting = meter.rate(state, now)
@@ -484,18 +485,18 @@ def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lr: float
         row["eval_loss"] = f"{nll / count:.6f}"
         if nll / count < state.best_loss:
             state.best_loss = nll / count
-            checkpoint.save(_model_file(run, state, "best", valid_loss=state.best_loss),
-                            run.outputs.checkpoints / "best.pt")
+            writer.submit(lambda saved: checkpoint.save(saved, run.outputs.checkpoints / "best.pt"),
+                          _model_file(run, state, "best", valid_loss=state.best_loss))
     return row
 
 
-def throughput(run: Run, state: TrainState, meter: Meter) -> str:
+def throughput(run: Run, state: TrainState, meter: Meter, ended: float) -> str:
     """The log's summary of the loop's speed after its first step (where torch.compile compiles)."""
-    rate, waiting = meter.rate(state, time.perf_counter())
+    rate, waiting = meter.rate(state, ended)
     utilisation = mfu(run, state, rate)
     return (f"loop: {rate:,.0f} tokens/s, MFU {'n/a' if utilisation is None else f'{100 * utilisation:.1f} %'}, "
             f"waiting for batches {100 * waiting:.2f} % of the time, steps {meter.step + 1}-{state.step} "
-            "(evaluation, checkpoints and data loading included)")
+            "(evaluation, checkpoints and data loading included; checkpoints are written in the background)")
 
 
 def _model_file(run: Run, state: TrainState, selected: str, **extra) -> dict:
@@ -505,10 +506,11 @@ def _model_file(run: Run, state: TrainState, selected: str, **extra) -> dict:
             **extra}
 
 
-def save_checkpoint(run: Run, state: TrainState) -> None:
+def save_checkpoint(run: Run, state: TrainState, writer: checkpoint.Writer) -> None:
     saved = state.to_dict(run)
     if run.env.main:
-        checkpoint.save_rotating(run.outputs.checkpoints, saved, run.params.keep_checkpoints)
+        writer.submit(lambda snapshot: checkpoint.save_rotating(run.outputs.checkpoints, snapshot,
+                                                                run.params.keep_checkpoints), saved)
     if run.env.world > 1:
         dist.barrier()
 
@@ -553,6 +555,7 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
         p = run.params
         gpu = torch.cuda.current_device() if env.device.type == "cuda" else None  # init_distributed set it
         feed = Prefetcher(run.batches, micro_slices(run), state.step, p.steps, gpu)
+        writer = checkpoint.Writer()  # checkpoints are written while training goes on
         interval, loop = Meter(state, feed), None  # this metrics row's; the whole loop's after its first step
         bar = tqdm(total=p.steps, initial=state.step, desc="train", unit="step", mininterval=5, disable=not env.main)
         try:
@@ -563,27 +566,38 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
                 last = state.step == p.steps
                 if state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last:
                     now = time.perf_counter()  # the evaluation below counts towards the next row's time
-                    row = metrics_row(run, state, interval, now, lr, grad_norm)
+                    row = metrics_row(run, state, interval, now, lr, grad_norm, writer)
                     if env.main:
                         metrics.append(row)
                         bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
                     interval = Meter(state, feed, start=now)
                 if state.step % p.checkpoint_every == 0 or last:
-                    save_checkpoint(run, state)
+                    save_checkpoint(run, state, writer)
                 if on_step is not None:
                     on_step(state.step)
                 loop = loop or Meter(state, feed)
+            ended = time.perf_counter()
+            writer.wait()  # the last checkpoints reach the disk (after the loop's time: no step waits for it)
         finally:
             feed.close()
             bar.close()  # before any error line, so the error is the last line of the log
             if metrics is not None:
                 metrics.close()
+            _land_checkpoints(writer)
         if env.main and loop is not None and state.step > loop.step:
-            print(throughput(run, state, loop), file=sys.stderr)
+            print(throughput(run, state, loop, ended), file=sys.stderr)
         return finish(run, state) if env.main else None
     finally:
         if env.world > 1:
             dist.destroy_process_group()
+
+
+def _land_checkpoints(writer: checkpoint.Writer) -> None:
+    """A crash never loses finished work: checkpoints asked for before it still reach the disk."""
+    try:
+        writer.wait()
+    except UserError as exc:  # the loop's own error (if any) is the one to report
+        print(f"error: {exc}", file=sys.stderr)
 
 
 def model_config(shards: Path, arch: Architecture, params: TrainParams) -> GPTConfig:
