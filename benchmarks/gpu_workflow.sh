@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU proof in one go, about 5 minutes on one H200 (docs/performance.md, "GPU").
+# The GPU proof in one go: about 6 minutes on one H200, predicted, not yet run on one
+# (docs/performance.md, "GPU").
 #
 #   benchmarks/gpu_workflow.sh prepare   here, with the project's venv: the bundled sample's shards
 #                                        (Snakemake) and the exact `train` and `evaluate` commands the
