@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -51,6 +52,22 @@ def test_values_inside_a_command_line_mapping_get_their_declared_types():
     # (--config takes every word after it, so the target goes first)
     proc = snakemake(ROOT, extra=("-n", "results/eval_small.json", "--config", "train={steps: 300, lr: 0.001}"))
     assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+def test_documented_snakemake_commands_put_targets_before_config_options():
+    """--config and --configfile take every word after them: a target written there is read as config."""
+    docs = [ROOT / "README.md", ROOT / "profiles/README.md", *sorted((ROOT / "presets").glob("*.yaml"))]
+    commands = [line.strip().lstrip("#").strip() for doc in docs for line in
+                doc.read_text().replace("\\\n", " ").splitlines()]
+    commands = [shlex.split(c) for c in commands if re.match(r"(\.venv/bin/)?snakemake ", c) and "--config" in c]
+    assert len(commands) >= 6
+    for words in commands:
+        for i, word in enumerate(words):
+            rest = words[i + 1:]
+            after = rest[1:] if word == "--configfile" else rest if word == "--config" else []
+            stray = [w for w in after[: next((j for j, w in enumerate(after) if w.startswith("-")), len(after))]
+                     if "=" not in w]
+            assert not stray, f"{' '.join(words)}: {stray} would be read as config"
 
 
 @pytest.mark.parametrize("config, key", [

@@ -33,7 +33,7 @@ def require_gpus(gpus: int) -> None:
 
     if torch.cuda.device_count() < gpus:
         raise UserError(f"--gpus {gpus}, but torch sees {torch.cuda.device_count()} CUDA device(s); "
-                        "leave --gpus out to train on the CPU")
+                        "run it on a GPU node, or train on the CPU with train.gpus: 0 (no --gpus)")
 
 
 def relaunch_under_torchrun(gpus: int) -> None:
