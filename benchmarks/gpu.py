@@ -32,12 +32,17 @@ from gpt2.model import GPT, GPTConfig  # noqa: E402
 SIZES = {"small": (12, 12, 768), "medium": (24, 16, 1024), "tiny": (2, 2, 64)}  # layers, heads, dims
 
 
-def build(kind: str, size: str, vocab: int, seq: int, device: torch.device) -> torch.nn.Module:
+def ours(size: str, vocab: int, seq: int) -> GPTConfig:
     layers, heads, dims = SIZES[size]
+    return GPTConfig(vocab, seq, layers, heads, dims, rate=4, dropout=0.0)
+
+
+def build(kind: str, size: str, vocab: int, seq: int, device: torch.device) -> torch.nn.Module:
     if kind == "ours":
-        return GPT(GPTConfig(vocab, seq, layers, heads, dims, rate=4, dropout=0.0)).to(device)
+        return GPT(ours(size, vocab, seq)).to(device)
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    layers, heads, dims = SIZES[size]
     cfg = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=dims, n_layer=layers, n_head=heads, resid_pdrop=0.0,
                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(device)
@@ -80,9 +85,10 @@ def timed(step, device: torch.device, warmup: int, steps: int) -> list[float]:
     return times
 
 
-def flops_per_token(model: torch.nn.Module, size: str, seq: int) -> int:
-    layers, _, dims = SIZES[size]
-    return 6 * (sum(p.numel() for p in model.parameters()) - dims * seq) + 12 * layers * dims * seq
+def flops_per_token(size: str, vocab: int, seq: int) -> int:
+    """GPT.flops_per_token of this shape, for transformers' GPT-2 too (the same weights), built on the meta device."""
+    with torch.device("meta"):
+        return GPT(ours(size, vocab, seq)).flops_per_token()
 
 
 def speed(args, device: torch.device, peak: float | None, save) -> list[dict]:
@@ -110,7 +116,7 @@ def speed_of(kind: str, vocab: int, batch: int, args, device: torch.device, peak
     times = timed(step, device, args.warmup, args.steps)
     median = statistics.median(times)
     tok_s = batch * args.seq / median
-    mfu = None if peak is None else tok_s * flops_per_token(model, args.size, args.seq) / peak
+    mfu = None if peak is None else tok_s * flops_per_token(args.size, vocab, args.seq) / peak
     print(f"{kind:5s} vocab {vocab:6d} batch {batch:3d}: {tok_s:>12,.0f} tok/s  MFU "
           f"{'n/a' if mfu is None else f'{100 * mfu:.1f} %'}  step {1000 * median:.1f} ms", flush=True)
     if profile_to and args.profile:
