@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -229,15 +230,34 @@ def test_resume_refuses_checkpoints_of_another_run(tiny_run, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: checkpoints in") and "other lr" in proc.stderr
 
 
-def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_path):
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun_commands(layout: str, manifest: Path, out: Path) -> list[list[str]]:
+    """Two gloo processes: one `--standalone` torchrun, or two torchrun "nodes" (one process each) that meet
+    at a c10d rendezvous on 127.0.0.1, as `srun ... torchrun --nnodes 2` starts them on a SLURM allocation."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    train = ["-m", "gpt2", "train", "--eval_corpus", str(manifest), *_outputs(out), *TINY_ARCH, *RUN, "--amp", "off"]
+    if layout == "one node":
+        return [[torchrun, "--standalone", "--nproc_per_node", "2", *train]]
+    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_id", "test",
+                  "--rdzv_endpoint", f"127.0.0.1:{_free_port()}"]
+    return [[torchrun, *rendezvous, *train] for _node in range(2)]
+
+
+@pytest.mark.parametrize("layout", ["one node", "two nodes"])
+def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_path, layout):
     manifest = tiny_run / "results/shards/manifest.json"
     single = tmp_path / "single"
     subprocess.run(_train_cmd(manifest, single, "--amp", "off"), check=True, env=_env(), capture_output=True)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "gpt2", "train", "--eval_corpus",
-           str(manifest), *_outputs(tmp_path / "ddp"), *TINY_ARCH, *RUN, "--amp", "off"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for cmd in _torchrun_commands(layout, manifest, tmp_path / "ddp")]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
     for (s1, l1, e1), (s2, l2, e2) in zip(_losses(single / "metrics.csv"), _losses(tmp_path / "ddp/metrics.csv"),
                                           strict=True):
         assert s1 == s2 and math.isclose(l1, l2, rel_tol=1e-4)
