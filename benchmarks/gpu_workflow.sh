@@ -4,10 +4,9 @@
 #
 #   benchmarks/gpu_workflow.sh prepare   here, with the project's venv: the bundled sample's shards
 #                                        (Snakemake) and the exact `train` and `evaluate` commands the
-#                                        rules run with presets/gpu.yaml, saved in .gpu/
+#                                        rules run with presets/gpu.yaml, all in .gpu/work/
 #   benchmarks/gpu_workflow.sh run       on the GPU machine, with its python3 and PYTHONPATH=src only
-#                                        (no snakemake or expanda there): carry results/shards,
-#                                        results/corpus/vocab.txt and .gpu
+#                                        (no snakemake or expanda there): carry .gpu
 #
 # `run` does, most important first, each stage under its own time limit:
 #   2  the rules' train and evaluate commands: the loop's tokens/s, MFU and time waiting for batches
@@ -15,14 +14,15 @@
 #   4  evaluate's tokens/s (from 2), `python -m gpt2 generate`, and decoding with/without the KV cache
 #   1  one training step, ours vs transformers at vocab 50304, and ours at the preset's shape; top kernels
 #   5  peak memory, small and medium at seq 1024, grad_ckpt off and on (eager)
-# then prints the table (benchmarks/gpu_summary.py). Everything lands in results/gpu/ (GPU_RESULTS),
+# then prints the table (benchmarks/gpu_summary.py). Everything lands in .gpu/work/results/gpu/ (GPU_RESULTS),
 # packed after each stage into $OUT/gpu_results.tgz when OUT is set (the device tool's folder).
 # SMOKE=1 runs the same stages on the CPU with a tiny model (tests/test_benchmarks.py does).
-# GPU_WORK=DIR runs in DIR (a workflow directory) instead of the repository root.
+# It works in a folder of its own, .gpu/work/ (GPU_WORK=DIR: in DIR), a workflow directory whose
+# results/ it may clear; it never touches the repository's own results/.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${GPU_WORK:-$ROOT}
-cd "$WORK" || exit 2
+WORK=${GPU_WORK:-$ROOT/.gpu/work}
+mkdir -p "$WORK" && cd "$WORK" || exit 2
 PYTHON=${PYTHON:-python3}
 RESULTS=${GPU_RESULTS:-results/gpu}
 SHARDS=results/shards/manifest.json
@@ -92,7 +92,7 @@ run() {
     local gpu=(--device cuda) speed=(--steps 10 speed --warmup 3) memory=(--steps 3 memory) vocab
     vocab=$("$PYTHON" -c "import json; print(json.load(open('$SHARDS'))['vocab_size'])")
     local micro
-    micro=$(grep -o -- '--micro_batch [0-9]*' .gpu/train.sh | cut -d' ' -f2)
+    micro=$(grep -o -- '--micro_batch=[0-9]*' .gpu/train.sh | cut -d= -f2)
     # hf last: should transformers fail to compile, ours at both shapes are measured already.
     local shapes=(--shape "ours:50304:$micro" --shape "ours:$vocab:$micro" --shape "hf:50304:$micro")
     TRAIN_EXTRA="" EVAL_EXTRA=""

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from gpt2 import UserError
 from gpt2.config import check_config
 from gpt2.dump import dump_name
+from gpt2.launch import launch_command
 from gpt2.params import (
     Architecture,
     CorpusParams,
@@ -110,12 +111,12 @@ def extract_inputs(wildcards):
 
 def piece_flags(wildcards, input):
     pieces = max(p for f, _, _, p in wiki_pieces() if f == wildcards.file)
-    index = f"--index {input.index}" if "index" in input.keys() else ""
-    return f"--piece {wildcards.piece} --pieces {pieces} {index}"
+    index = ["--index", input.index] if "index" in input.keys() else []
+    return ["--piece", wildcards.piece, "--pieces", str(pieces), *index]
 
 
 def articles_flag(wildcards, input):
-    return f"--articles {input.articles}" if ARTICLES else ""
+    return ["--articles", input.articles] if ARTICLES else []
 
 
 def arch_flags(wildcards):
@@ -128,11 +129,10 @@ def eval_hardware_flags():
     return cli_flags(Hardware, {**TRAIN, "device": device}, skip=("threads",))
 
 
-def train_launcher():
-    """python, or torchrun with one process per GPU (under srun across nodes)."""
-    from gpt2.launch import launch_command
-
-    return launch_command(TRAIN["gpus"], TRAIN["nodes"])
+# python, or torchrun with one process per GPU (under srun across nodes): shell code made of the
+# validated numbers train.gpus and train.nodes only (no field to quote), so rules/train.smk starts
+# its command with it as is.
+TRAIN_LAUNCHER = launch_command(TRAIN["gpus"], TRAIN["nodes"])
 
 
 def benchmark_files(models):

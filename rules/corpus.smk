@@ -13,7 +13,7 @@ rule patch_expanda:
     conda:
         "../envs/corpus.yaml"
     shell:
-        "python -m gpt2 patch-expanda --out {output} --patches {input.patches} 2> {log}"
+        "python -m gpt2 patch-expanda --out {output:q} --patches {input.patches:q} 2> {log:q}"
 
 
 if not WIKI:
@@ -41,8 +41,8 @@ if not WIKI:
         params:
             flags=cli_flags(CorpusParams, config["corpus"], skip=("threads",)),
         shell:
-            "python -m gpt2 build-corpus --dump {input.dump} --expanda {input.expanda}"
-            " --out results/corpus --threads {threads} {params.flags} 2> {log}"
+            "python -m gpt2 build-corpus --dump {input.dump:q} --expanda {input.expanda:q}"
+            " --out results/corpus --threads {threads:q} {params.flags:q} 2> {log:q}"
 
 else:
 
@@ -67,8 +67,8 @@ else:
                 "min_length", "max_length", "split_sent", "seed", "chunks"
             ),
         shell:
-            "python -m gpt2 extract-chunk --dump {input.dump} {params.piece} --expanda {input.expanda}"
-            " --out {output} --threads {threads} {params.flags} 2> {log}"
+            "python -m gpt2 extract-chunk --dump {input.dump:q} {params.piece:q} --expanda {input.expanda:q}"
+            " --out {output:q} --threads {threads:q} {params.flags:q} 2> {log:q}"
 
     # Gather: each bucket from every piece, in hash order, with each article's split.
     rule gather_bucket:
@@ -87,8 +87,8 @@ else:
         params:
             flags=corpus_flags("split_ratio", "valid_ratio", "seed", "chunks"),
         shell:
-            "python -m gpt2 gather-bucket --extracted {input} --bucket {wildcards.bucket} --out {output}"
-            " {params.flags} 2> {log}"
+            "python -m gpt2 gather-bucket --extracted {input:q} --bucket {wildcards.bucket:q} --out {output:q}"
+            " {params.flags:q} 2> {log:q}"
 
     rule train_vocab:
         input:
@@ -108,8 +108,8 @@ else:
                 "vocab_size", "limit_alphabet", "subset_size", "input_vocab"
             ),
         shell:
-            "python -m gpt2 train-vocab --buckets {input.buckets} --expanda {input.expanda} --out {output}"
-            " {params.flags} 2> {log}"
+            "python -m gpt2 train-vocab --buckets {input.buckets:q} --expanda {input.expanda:q} --out {output:q}"
+            " {params.flags:q} 2> {log:q}"
 
     rule tokenize_bucket:
         input:
@@ -127,8 +127,8 @@ else:
         conda:
             "../envs/corpus.yaml"
         shell:
-            "python -m gpt2 tokenize-bucket --bucket {input.bucket} --vocab {input.vocab}"
-            " --expanda {input.expanda} --out {output} 2> {log}"
+            "python -m gpt2 tokenize-bucket --bucket {input.bucket:q} --vocab {input.vocab:q}"
+            " --expanda {input.expanda:q} --out {output:q} 2> {log:q}"
 
     rule gather_corpus:
         input:
@@ -150,6 +150,6 @@ else:
         conda:
             "../envs/corpus.yaml"
         shell:
-            "python -m gpt2 gather-corpus --listing {input.listing} --extracted {input.extracted}"
-            " --buckets {input.buckets} --tokens {input.tokens} --out results/corpus --info {output.info}"
-            " 2> {log}"
+            "python -m gpt2 gather-corpus --listing {input.listing:q} --extracted {input.extracted:q}"
+            " --buckets {input.buckets:q} --tokens {input.tokens:q} --out results/corpus --info {output.info:q}"
+            " 2> {log:q}"

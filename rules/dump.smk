@@ -19,7 +19,7 @@ if not WIKI:
         params:
             flags=dump_flags(),
         shell:
-            "python -m gpt2 fetch-dump --out {output.dump} {params.flags} 2> {log}"
+            "python -m gpt2 fetch-dump --out {output.dump:q} {params.flags:q} 2> {log:q}"
 
 else:
 
@@ -40,7 +40,7 @@ else:
         params:
             flags=dump_flags(),
         shell:
-            "python -m gpt2 list-dump --out {output} {params.flags} 2> {log}"
+            "python -m gpt2 list-dump --out {output:q} {params.flags:q} 2> {log:q}"
 
     rule fetch_part:
         input:
@@ -52,11 +52,11 @@ else:
         benchmark:
             "results/benchmarks/fetch_part/{file}.tsv"
         wildcard_constraints:
-            file=r"[^/]+\.bz2",
+            file=r"[A-Za-z0-9_.-]+\.bz2",
         conda:
             "../envs/dump.yaml"
         params:
             flags=dump_flags(),
         shell:
-            "python -m gpt2 fetch-part --listing {input} --file {wildcards.file} --out {output}"
-            " {params.flags} 2> {log}"
+            "python -m gpt2 fetch-part --listing {input:q} --file {wildcards.file:q} --out {output:q}"
+            " {params.flags:q} 2> {log:q}"

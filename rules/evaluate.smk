@@ -23,9 +23,9 @@ rule evaluate:
         flags=cli_flags(EvaluateParams, config["evaluate"]),
         hardware=eval_hardware_flags(),
     shell:
-        "python -m gpt2 evaluate --model_path {input.model} --shards {input.manifest} --output {output}"
-        " --name {wildcards.model} {params.flags} {params.hardware} --threads {threads}"
-        " > /dev/null 2> {log}"
+        "python -m gpt2 evaluate --model_path {input.model:q} --shards {input.manifest:q} --output {output:q}"
+        " --name {wildcards.model:q} {params.flags:q} {params.hardware:q} --threads {threads:q}"
+        " > /dev/null 2> {log:q}"
 
 
 rule export_hf:
@@ -41,5 +41,5 @@ rule export_hf:
     conda:
         "../envs/export.yaml"
     shell:
-        "python -m gpt2 export --model_path {input.model} --vocab_path {input.vocab} --out {output}"
-        " --evaluation {input.evaluation} --dump_info {input.info} 2> {log}"
+        "python -m gpt2 export --model_path {input.model:q} --vocab_path {input.vocab:q} --out {output:q}"
+        " --evaluation {input.evaluation:q} --dump_info {input.info:q} 2> {log:q}"

@@ -31,8 +31,8 @@ rule plot_training:
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m gpt2 plot-training --metrics {input} --loss {output.loss} --lr {output.lr}"
-        " --speed {output.speed} --model {wildcards.model} 2> {log}"
+        "python -m gpt2 plot-training --metrics {input:q} --loss {output.loss:q} --lr {output.lr:q}"
+        " --speed {output.speed:q} --model {wildcards.model:q} 2> {log:q}"
 
 
 rule samples:
@@ -55,8 +55,8 @@ rule samples:
     params:
         flags=cli_flags(ReportParams, config["report"]),
     shell:
-        "python -m gpt2 samples --model_path {input.model} --vocab_path {input.vocab} --output {output}"
-        " {params.flags} 2> {log}"
+        "python -m gpt2 samples --model_path {input.model:q} --vocab_path {input.vocab:q} --output {output:q}"
+        " {params.flags:q} 2> {log:q}"
 
 
 rule evaluation_table:
@@ -80,7 +80,7 @@ rule evaluation_table:
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m gpt2 table evaluation --inputs {input} --csv {output.csv} --html {output.html} 2> {log}"
+        "python -m gpt2 table evaluation --inputs {input:q} --csv {output.csv:q} --html {output.html:q} 2> {log:q}"
 
 
 rule corpus_table:
@@ -105,8 +105,8 @@ rule corpus_table:
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m gpt2 table corpus --inputs {input.manifest} {input.info} --csv {output.csv}"
-        " --html {output.html} 2> {log}"
+        "python -m gpt2 table corpus --inputs {input.manifest:q} {input.info:q} --csv {output.csv:q}"
+        " --html {output.html:q} 2> {log:q}"
 
 
 rule runtime_table:
@@ -133,7 +133,7 @@ rule runtime_table:
     params:
         benchmarks=benchmark_files(REPORT_MODELS),
     shell:
-        "python -m gpt2 table runtime --inputs {params.benchmarks} --csv {output.csv} --html {output.html} 2> {log}"
+        "python -m gpt2 table runtime --inputs {params.benchmarks:q} --csv {output.csv:q} --html {output.html:q} 2> {log:q}"
 
 
 # Everything the report shows; `make report` builds this, then runs --report.

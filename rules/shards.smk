@@ -27,9 +27,9 @@ if not WIKI:
             flags=cli_flags(ShardsParams, config["shards"]),
             articles=articles_flag,
         shell:
-            "python -m gpt2 make-shards --vocab_path {input.vocab} --train_corpus {input.train}"
-            " --valid_corpus {input.valid} --test_corpus {input.test} --raw_corpus {input.raw}"
-            " {params.articles} --out results/shards {params.flags} 2> {log}"
+            "python -m gpt2 make-shards --vocab_path {input.vocab:q} --train_corpus {input.train:q}"
+            " --valid_corpus {input.valid:q} --test_corpus {input.test:q} --raw_corpus {input.raw:q}"
+            " {params.articles:q} --out results/shards {params.flags:q} 2> {log:q}"
 
 else:
 
@@ -52,8 +52,8 @@ else:
         params:
             flags=cli_flags(ShardsParams, config["shards"]),
         shell:
-            "python -m gpt2 shard-bucket --bucket {input.bucket} --tokens {input.tokens}"
-            " --vocab_path {input.vocab} --out {output} {params.flags} 2> {log}"
+            "python -m gpt2 shard-bucket --bucket {input.bucket:q} --tokens {input.tokens:q}"
+            " --vocab_path {input.vocab:q} --out {output:q} {params.flags:q} 2> {log:q}"
 
     rule make_shards:
         input:
@@ -76,6 +76,6 @@ else:
         params:
             flags=cli_flags(ShardsParams, config["shards"]),
         shell:
-            "python -m gpt2 gather-shards --buckets {input.buckets} --vocab_path {input.vocab}"
-            " --train_corpus {input.train} --valid_corpus {input.valid} --test_corpus {input.test}"
-            " --out results/shards {params.flags} 2> {log}"
+            "python -m gpt2 gather-shards --buckets {input.buckets:q} --vocab_path {input.vocab:q}"
+            " --train_corpus {input.train:q} --valid_corpus {input.valid:q} --test_corpus {input.test:q}"
+            " --out results/shards {params.flags:q} 2> {log:q}"

@@ -26,11 +26,11 @@ rule train:
         mem_mb=TRAIN["mem_mb"],
         runtime=TRAIN["runtime"],
     params:
-        launcher=train_launcher(),
         arch=arch_flags,
         flags=cli_flags(TrainParams, TRAIN, skip=("threads",)),
         checkpoints="results/train/{model}/checkpoints",
     shell:
-        "{params.launcher} train --shards {input.manifest} --save_model_path {output.model}"
-        " --save_checkpoint_path {params.checkpoints} {params.arch} {params.flags}"
-        " --threads {threads} 2> {log}"
+        TRAIN_LAUNCHER
+        + " train --shards {input.manifest:q} --save_model_path {output.model:q}"
+        " --save_checkpoint_path {params.checkpoints:q} {params.arch:q} {params.flags:q}"
+        " --threads {threads:q} 2> {log:q}"

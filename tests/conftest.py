@@ -53,13 +53,20 @@ def write_dump(path: Path, pages: list[tuple[int, str, str]], lang: str = "en") 
 
 
 class DumpServer(http.server.ThreadingHTTPServer):
-    """Serves `files` on 127.0.0.1 with Range support; can cut the first N responses short."""
+    """Serves `files` on 127.0.0.1 with Range support, and misbehaves on request: it can cut the first
+    N responses short, answer first with given statuses, ignore Range, answer a Range from byte 0,
+    leave out Content-Length, or redirect a path elsewhere."""
 
     def __init__(self, files: dict[str, bytes]):
         super().__init__(("127.0.0.1", 0), RangeHandler)
         self.files = files
         self.cut_at: int | None = None  # drop the connection after this many body bytes
         self.cuts_left = 0
+        self.statuses: list[int] = []  # answer the next dump requests with these (e.g. 503) first
+        self.ignore_range = False  # answer 200 and the whole file to a Range request
+        self.range_from_zero = False  # answer a Range request with 206 and the bytes from 0
+        self.no_length = False  # no Content-Length: the client cannot tell a cut from the end
+        self.redirects: dict[str, str] = {}  # path -> Location
         self.log: list[dict] = []  # one entry per dump request: range asked, bytes sent
 
     @property
@@ -72,33 +79,47 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        data = self.server.files.get(self.path)
+        srv = self.server
+        if self.path in srv.redirects:
+            self.send_response(302)
+            self.send_header("Location", srv.redirects[self.path])
+            self.end_headers()
+            return
+        data = srv.files.get(self.path)
         if data is None:
             self.send_error(404)
             return
+        dump = self.path.endswith(".bz2")
+        if dump and srv.statuses:
+            self.send_error(srv.statuses.pop(0))
+            srv.log.append({"range": self.headers.get("Range"), "sent": 0})
+            return
         start = 0
         header = self.headers.get("Range")
-        if header:
+        if header and not srv.ignore_range:
             start = int(header.removeprefix("bytes=").split("-")[0])
             if start >= len(data):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
                 self.end_headers()
                 return
+            start = 0 if srv.range_from_zero else start
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if not srv.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.server.cuts_left and self.path.endswith(".bz2"):
-            self.server.cuts_left -= 1
-            body = body[: self.server.cut_at]
+        if srv.cuts_left and dump:
+            srv.cuts_left -= 1
+            body = body[: srv.cut_at]
+        if srv.no_length or (dump and srv.cut_at is not None):
             self.close_connection = True
         self.wfile.write(body)
-        if self.path.endswith(".bz2"):
-            self.server.log.append({"range": header, "sent": len(body)})
+        if dump:
+            srv.log.append({"range": header, "sent": len(body)})
 
 
 def serve(files: dict[str, bytes]):

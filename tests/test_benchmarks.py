@@ -25,9 +25,9 @@ def test_gpu_workflow_script_runs_every_stage_on_the_cpu(tiny_run, tmp_path):
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     train_cmd = (work / ".gpu/train.sh").read_text()
     assert train_cmd.startswith("python -m gpt2 train --shards results/shards/manifest.json")
-    for flag in ("--gpus 1", "--seq_len 1024", "--batch_tokens 524288", "--compile auto", "--amp auto"):
+    for flag in ("--gpus=1", "--seq_len=1024", "--batch_tokens=524288", "--compile=auto", "--amp=auto"):
         assert flag in train_cmd  # presets/gpu.yaml reached the rule's command
-    assert "--device cuda" in (work / ".gpu/evaluate.sh").read_text()
+    assert "--device=cuda" in (work / ".gpu/evaluate.sh").read_text()
 
     proc = subprocess.run(["bash", script, "run"], env=dict(env, SMOKE="1"), capture_output=True, text=True,
                           timeout=900)

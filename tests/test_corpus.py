@@ -405,7 +405,7 @@ def test_pieces_start_at_index_offsets_and_keep_the_header(wiki_parts, tmp_path)
     data_name = next(n for n in files if "multistream.xml" in n)
     index = tmp_path / "index.bz2"
     index.write_bytes(files[data_name.replace("multistream.xml", "multistream-index.txt")])
-    offsets = stream_offsets(index)
+    offsets = stream_offsets(index, len(files[data_name]))
     assert len(offsets) == 21 and offsets[0] == len(bz2.compress(header.encode()))
     pieces = [piece_ranges(offsets, len(files[data_name]), k, 3) for k in range(3)]
     assert all(p[0] == (0, offsets[0]) for p in pieces)

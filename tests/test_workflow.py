@@ -184,13 +184,13 @@ def test_rules_pass_each_setting_under_its_config_name(tmp_path):
     commands = [line for line in proc.stdout.splitlines() if "python -m gpt2" in line]
     def command(name: str) -> str:
         return next(c for c in commands if f"python -m gpt2 {name} " in c)
-    assert "--limit_alphabet 123" in command("build-corpus")
-    assert "--shard_tokens 4096" in command("make-shards")
+    assert "--limit_alphabet=123" in command("build-corpus")
+    assert "--shard_tokens=4096" in command("make-shards")
     train = command("train")
-    assert all(f in train for f in ("--steps 7", "--lr 0.25", "--batch_eval 3", "--amp off", "--layers 2"))
+    assert all(f in train for f in ("--steps=7", "--lr=0.25", "--batch_eval=3", "--amp=off", "--layers=2"))
     assert "--mem_mb" not in train and "--nodes" not in train  # scheduler settings stay with the scheduler
-    assert "--batch_size 5" in command("evaluate") and "--amp off" in command("evaluate")
-    assert "--sample_tokens 9" in command("samples")
+    assert "--batch_size=5" in command("evaluate") and "--amp=off" in command("evaluate")
+    assert "--sample_tokens=9" in command("samples")
 
 
 def test_snakemake_lint_and_snakefmt_are_clean():

@@ -7,16 +7,22 @@ model and the configs only. Both load with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import queue
+import re
+import socket
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from gpt2 import UserError
-from gpt2.files import atomic_path
+from gpt2.files import atomic_path, remove_stale_temps
 from gpt2.model import GPT, GPTConfig
 
 
@@ -64,9 +70,42 @@ def check_architecture(cfg: GPTConfig, expect: dict, source: Path) -> None:
 # --- a training run's folder of step_NNNNNNN.pt files ------------------------------------
 
 
+STEP_FILE = re.compile(r"step_(\d+)\.pt")
+# What a training run writes in its checkpoint folder (and beside model.pt): the temp files of
+# these names that a killed run left are removed at the next start.
+RUN_FILES = (STEP_FILE.pattern, r"best\.pt", r"model\.pt", r"metrics\.csv")
+
+
 def paths(folder: Path) -> list[Path]:
-    """Checkpoints in `folder`, newest first."""
-    return sorted(Path(folder).glob("step_*.pt"), reverse=True)
+    """Checkpoints in `folder`, newest (highest step number) first."""
+    found = [(int(m[1]), p) for p in Path(folder).glob("step_*.pt") if (m := STEP_FILE.fullmatch(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+@contextlib.contextmanager
+def holding(folder: Path) -> Iterator[None]:
+    """Hold `folder` for one training run: a second run into it is refused, naming the holder. Stale temp
+    files of a run that was killed are removed once the folder is held (they cannot be a live run's)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(f"{folder} is in use by a training run ({holder}); wait for it to end or stop it, "
+                            "or train into another folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        remove_stale_temps(folder, RUN_FILES)
+        try:
+            yield
+        finally:
+            fh.truncate(0)
 
 
 def load_training(path: Path) -> dict:
@@ -119,18 +158,24 @@ class Writer:
 
     The training loop pays for a copy of the state to host memory (a GPU checkpoint of GPT-2 small
     with its AdamW moments is ~1.1 GB: a fraction of a second) instead of serialising and fsyncing
-    it. Each write is still atomic; `wait()` returns once all are on disk and raises the first
-    write's error, if any.
+    it. Each write is still atomic. At most `max_pending` host copies exist at once (queued or being
+    written): a submit beyond that waits for the oldest write to finish, so host memory stays bounded.
+    A failed write is raised in the training thread by the next `check()` or `submit()`, so a run
+    with a full disk stops at its next step instead of training on without checkpoints; `wait()`
+    returns once all writes are on disk.
     """
 
-    def __init__(self):
+    def __init__(self, max_pending: int = 2):
         self._queue: queue.Queue = queue.Queue()
+        self._slots = threading.Semaphore(max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, daemon=True)
         self._thread.start()
 
     def submit(self, write: Callable[[dict], Any], state: dict) -> None:
         """Run `write(copy of state)` in the background; the live `state` may change right after."""
+        self.check()
+        self._slots.acquire()  # before the copy: waiting here is what bounds the host copies
         self._queue.put((write, to_host(state)))
 
     def _work(self) -> None:
@@ -139,13 +184,19 @@ class Writer:
             try:
                 if self._error is None:
                     write(state)
-            except BaseException as exc:  # raised again by wait() in the training thread
+            except BaseException as exc:  # raised again in the training thread
                 self._error = exc
             finally:
+                del state
+                self._slots.release()
                 self._queue.task_done()
 
-    def wait(self) -> None:
-        self._queue.join()
+    def check(self) -> None:
+        """Raise the first failed write's error (once)."""
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def wait(self) -> None:
+        self._queue.join()
+        self.check()

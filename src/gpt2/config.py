@@ -7,6 +7,7 @@ the rules across keys that a JSON schema cannot say.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import jsonschema
 
@@ -117,8 +118,25 @@ def _check_consistency(config: dict) -> None:
     if config["dump"]["source"] == "wiki" and config["corpus"]["unit"] != "article":
         raise UserError("config: dump.source wiki builds an article-level corpus in parallel jobs; "
                         "set corpus.unit: article (unit sentence is the one-job build of a single file)")
+    _check_dump_path(config["dump"])
     train = from_values(TrainParams, config["train"])
     try:
         accumulation(train, max(1, train.gpus) * train.nodes)
     except UserError as exc:
         raise UserError(f"config: {exc}") from None
+
+
+# The workflow's own outputs (relative to its working directory): Snakemake deletes an output
+# before its job runs, so a dump.path in there would delete the user's dump.
+OWN_OUTPUTS = ("resources/dumps", "results")
+
+
+def _check_dump_path(dump: dict) -> None:
+    if dump["source"] != "path" or not dump["path"]:
+        return
+    path = Path(dump["path"]).resolve()
+    for folder in OWN_OUTPUTS:
+        if path.is_relative_to(Path(folder).resolve()):
+            raise UserError(f"config: dump.path {dump['path']} is inside the workflow's own outputs ({folder}/), "
+                            "which a run deletes and rewrites; move or copy your dump elsewhere and point "
+                            "dump.path there")

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from gpt2 import UserError
@@ -34,6 +33,7 @@ from gpt2.dump import SUPPORTED_LANGS
 from gpt2.files import atomic_dir, atomic_path, file_digest
 from gpt2.params import CorpusParams
 from gpt2.vocab import BOS, EOS, PAD, SPECIALS, UNK
+from gpt2.wikixml import ExportError
 
 EXPANDA_VERSION = "1.3.1"
 TEXT_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.valid.txt", "corpus.test.txt")
@@ -81,7 +81,7 @@ def patch_expanda(out: Path, patches: list[Path]) -> list[dict]:
     if not found:
         raise UserError("no patches given: pass the *.patch files of patches/")
     applied = []
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, "patch-expanda") as staging:
         tree = staging / "expanda"
         shutil.copytree(installed_expanda(), tree, ignore=shutil.ignore_patterns("__pycache__"))
         for patch in found:
@@ -101,6 +101,7 @@ min-length = {params.min_length}
 max-length = {params.max_length}
 split-sent = {str(params.split_sent).lower()}
 unit = {params.unit}
+max-page-bytes = {params.max_page_bytes}
 
 [tokenization]
 unk-token = {UNK}
@@ -176,7 +177,7 @@ def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> 
     if params.min_length >= params.max_length:
         raise UserError(f"corpus.min_length ({params.min_length}) must be below "
                         f"corpus.max_length ({params.max_length})")
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, "build-corpus") as staging:
         workspace = staging / "workspace"
         workspace.mkdir()
         (workspace / "expanda.cfg").write_text(render_config(dump, params))
@@ -218,14 +219,23 @@ def article_key(seed: int, page_id: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{page_id}".encode(), digest_size=8).digest(), "big")
 
 
-def stream_offsets(index: Path) -> list[int]:
-    """Start offsets of the bz2 streams holding pages, from a multistream index (offset:page id:title)."""
+def stream_offsets(index: Path, size: int) -> list[int]:
+    """Start offsets of the bz2 streams holding pages, from a multistream index (offset:page id:title),
+    checked: numeric offsets and ids, offsets increasing and inside the data file of `size` bytes."""
     offsets: list[int] = []
-    with bz2.open(index, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            offset = int(line.split(":", 1)[0])
+    with bz2.open(index, "rt", encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            match = re.match(r"(\d+):(\d+):", line)
+            offset = int(match[1]) if match else -1
+            problem = ("is not offset:page id:title" if not match else
+                       f"offset {offset:,} is below the line before's" if offsets and offset < offsets[-1] else
+                       f"offset {offset:,} is past the end of the {size:,}-byte data file" if offset >= size else "")
+            if problem:
+                raise UserError(f"{index} line {number} {problem}: a damaged index; fetch it again")
             if not offsets or offset != offsets[-1]:
                 offsets.append(offset)
+    if not offsets:
+        raise UserError(f"{index}: the index lists no streams; fetch it again")
     return offsets
 
 
@@ -322,10 +332,10 @@ def extract_chunk(dump: Path, index: Path | None, piece: int, pieces: int, expan
     if pieces > 1 and index is None:
         raise UserError(f"{dump}: cutting it into {pieces} pieces needs its multistream index file")
     size = Path(dump).stat().st_size
-    ranges = piece_ranges(stream_offsets(index), size, piece, pieces) if index else [(0, size)]
+    ranges = piece_ranges(stream_offsets(index, size), size, piece, pieces) if index else [(0, size)]
     lang = _dump_language(dump, ranges[0][1] if index else None)
     started = time.perf_counter()
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, "extract-chunk") as staging:
         text = staging / "extracted.txt"
         (staging / "tmp").mkdir()
         reader = Segments(dump, ranges, FOOTER if ranges[-1][1] < size else b"")
@@ -333,7 +343,7 @@ def extract_chunk(dump: Path, index: Path | None, piece: int, pieces: int, expan
             Extension("expanda.ext.wikipedia").call(reader, str(text), str(staging / "tmp"), _wiki_args(params))
         except EOFError:
             raise UserError(f"{dump}: the bz2 data ends early (truncated file); fetch it again") from None
-        except (OSError, ET.ParseError) as exc:
+        except (OSError, ExportError) as exc:
             raise UserError(f"{dump} piece {piece}: not a readable MediaWiki bz2 export ({exc})") from None
         finally:
             reader.close()
@@ -353,7 +363,8 @@ def extract_chunk(dump: Path, index: Path | None, piece: int, pieces: int, expan
 def _wiki_args(params: CorpusParams) -> dict[str, str]:
     """The [expanda.ext.wikipedia] options, as expanda.cfg would give them."""
     return {"num-cores": str(params.threads), "min-length": str(params.min_length),
-            "max-length": str(params.max_length), "split-sent": str(params.split_sent).lower(), "unit": "article"}
+            "max-length": str(params.max_length), "split-sent": str(params.split_sent).lower(), "unit": "article",
+            "max-page-bytes": str(params.max_page_bytes)}
 
 
 def _header(line: bytes) -> tuple[int, str]:
@@ -385,24 +396,40 @@ def _articles(path: Path):
         yield page
 
 
+SCATTER_BUFFER = 32 << 20  # bytes of articles held before they are appended to their bucket files
+
+
 def scatter(text: Path, out: Path, params: CorpusParams) -> dict:
-    """Append each article with sentences to bucket file `<bucket>.txt` in `out`; return the counts."""
-    buckets = [open(out / f"{b}.txt", "wb") for b in range(params.chunks)]
+    """Append each article with sentences to bucket file `<bucket>.txt` in `out`; return the counts.
+
+    Articles are buffered per bucket and appended a bucket file at a time, so one file is open at
+    once whatever corpus.chunks is (thousands of open buckets would pass the open-files limit)."""
+    buffers = [bytearray() for _ in range(params.chunks)]
     counts = [0] * params.chunks
-    articles = sentences = 0
-    try:
-        for page_id, title, lines in _articles(text):
-            if not lines:
-                continue  # as in a one-job build: an article without sentences is dropped
-            b = article_key(params.seed, page_id) * params.chunks >> 64
-            buckets[b].write(ARTICLE_MARK + f"{page_id}\t{title}\n".encode("utf-8"))
-            buckets[b].writelines(lines)
-            counts[b] += 1
-            articles, sentences = articles + 1, sentences + len(lines)
-    finally:
-        for fh in buckets:
-            fh.close()
+    articles = sentences = held = 0
+    for b in range(params.chunks):
+        (out / f"{b}.txt").touch()
+    for page_id, title, lines in _articles(text):
+        if not lines:
+            continue  # as in a one-job build: an article without sentences is dropped
+        b = article_key(params.seed, page_id) * params.chunks >> 64
+        block = ARTICLE_MARK + f"{page_id}\t{title}\n".encode("utf-8") + b"".join(lines)
+        buffers[b] += block
+        counts[b] += 1
+        articles, sentences, held = articles + 1, sentences + len(lines), held + len(block)
+        if held >= SCATTER_BUFFER:
+            _flush(buffers, out)
+            held = 0
+    _flush(buffers, out)
     return {"articles": articles, "sentences": sentences, "bucket_articles": counts}
+
+
+def _flush(buffers: list[bytearray], out: Path) -> None:
+    for b, buffer in enumerate(buffers):
+        if buffer:
+            with open(out / f"{b}.txt", "ab") as fh:
+                fh.write(buffer)
+            buffer.clear()
 
 
 def _bucket_ranks(extracted: list[Path], bucket: int) -> tuple[int, int]:
@@ -421,6 +448,31 @@ def split_sizes(articles: int, params: CorpusParams) -> tuple[int, int]:
     return test, valid
 
 
+class OpenFiles:
+    """Read handles of `paths`, at most `limit` open at once (the least recently used is closed):
+    a gather reads every piece's bucket file, and there may be thousands of pieces."""
+
+    def __init__(self, paths: list[Path], limit: int = 256):
+        self.paths, self.limit = paths, limit
+        self.open: collections.OrderedDict[int, io.BufferedReader] = collections.OrderedDict()
+
+    def get(self, number: int) -> io.BufferedReader:
+        if number in self.open:
+            self.open.move_to_end(number)
+        else:
+            if len(self.open) >= self.limit:
+                self.open.popitem(last=False)[1].close()
+            self.open[number] = open(self.paths[number], "rb")
+        return self.open[number]
+
+    def __enter__(self) -> "OpenFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fh in self.open.values():
+            fh.close()
+
+
 def gather_bucket(extracted: list[Path], bucket: int, out: Path, params: CorpusParams) -> int:
     """One bucket from every piece, in hash order, into `out`/{raw.txt, articles.tsv}; return its articles."""
     total, rank = _bucket_ranks(extracted, bucket)
@@ -436,19 +488,16 @@ def gather_bucket(extracted: list[Path], bucket: int, out: Path, params: CorpusP
                 else:
                     index[-1][5] += 1
     index.sort()
-    with atomic_dir(out) as staging, open(staging / "raw.txt", "wb") as raw, \
+    with atomic_dir(out, "gather-bucket") as staging, open(staging / "raw.txt", "wb") as raw, \
             open(staging / "articles.tsv", "w", encoding="utf-8") as tsv:
-        handles = [open(path, "rb") for path in files]
-        try:
+        with OpenFiles(files) as handles:
             for _, page_id, title, number, offset, lines in index:
                 split = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
                 tsv.write(f"{split}\t{page_id}\t{title}\t{lines}\n")
-                handles[number].seek(offset)
-                raw.writelines(handles[number].readline() for _ in range(lines))
+                fh = handles.get(number)
+                fh.seek(offset)
+                raw.writelines(fh.readline() for _ in range(lines))
                 rank += 1
-        finally:
-            for fh in handles:
-                fh.close()
     print(f"bucket {bucket}: {len(index):,} articles", file=sys.stderr)
     return len(index)
 

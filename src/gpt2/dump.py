@@ -22,8 +22,9 @@ import re
 import shutil
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from urllib.parse import urljoin
 
 import requests
 import urllib3
@@ -32,12 +33,12 @@ from tqdm import tqdm
 from gpt2 import UserError
 from gpt2.files import atomic_path, file_digest, link_or_copy
 from gpt2.params import DumpParams
+from gpt2.wikixml import Export, ExportError
 
 SAMPLE_RESOURCE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 SAMPLE_NAME = "enwiki-sample"
 SUPPORTED_LANGS = ("en", "ko")  # what expanda's wikipedia extension can split into sentences
 CHUNK = 1 << 20
-XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 
 
 def sample_path() -> Path:
@@ -63,9 +64,19 @@ def dump_name(params: DumpParams) -> str:
 
 # --- download ---------------------------------------------------------------
 
+MAX_LISTING_BYTES = 16 << 20  # dumpstatus.json, the sums files, a folder listing: enwiki's are < 1 MB
+
 
 class IncompleteDownload(Exception):
-    """The server closed the connection before the announced length."""
+    """The server closed the connection before the announced or listed length."""
+
+
+class Retry(Exception):
+    """A transient failure (429, 5xx, a range answer that forces a restart): try again after `wait` seconds."""
+
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait
 
 
 def info_path(dump: Path) -> Path:
@@ -78,39 +89,105 @@ def partial_path(dest: Path) -> Path:
     return dest.parent / ".partial" / (dest.name + ".part")
 
 
-def published_checksum(url: str, session: requests.Session, timeout: float) -> tuple[str, str] | None:
-    """(algorithm, hex) from Wikimedia's <wiki>-<date>-{sha1,md5}sums.txt beside `url`."""
-    base, filename = url.rsplit("/", 1)
+def _refuse_downgrade(resp: requests.Response, *args, **kwargs) -> None:
+    """A response hook: a redirect from https to anything else is refused before it is followed."""
+    if resp.is_redirect and resp.url.startswith("https://"):
+        target = urljoin(resp.url, resp.headers.get("Location", ""))
+        if not target.startswith("https://"):
+            raise UserError(f"{resp.url} redirects to {target}: a redirect from https to an unencrypted address "
+                            "is refused")
+
+
+def session_for(url: str) -> requests.Session:
+    """A requests session that refuses https -> http redirects; plain http gets a warning in the log."""
+    if url.startswith("http://"):
+        print(f"warning: {url} is plain http: nothing authenticates what it sends, only the checksums "
+              "guard the files", file=sys.stderr)
+    session = requests.Session()
+    session.hooks["response"].append(_refuse_downgrade)
+    return session
+
+
+def read_capped(session: requests.Session, url: str, timeout: float, label: str) -> bytes | None:
+    """The body of a small file (a listing, a sums file) at `url`, at most MAX_LISTING_BYTES; None for a 404."""
+    try:
+        with session.get(url, stream=True, timeout=timeout) as resp:
+            if resp.status_code == 404:
+                return None
+            if resp.status_code != 200:
+                raise UserError(f"{label}: {url} answered HTTP {resp.status_code} {resp.reason}")
+            body = resp.raw.read(MAX_LISTING_BYTES + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise UserError(f"{label}: cannot read {url} ({_reason(exc)})") from None
+    if len(body) > MAX_LISTING_BYTES:
+        raise UserError(f"{label}: {url} is over {MAX_LISTING_BYTES >> 20} MiB, too big for a listing; "
+                        "is this the dumps site?")
+    return body
+
+
+def _reason(exc: Exception) -> str:
+    """The cause of a requests error in a few words (its text nests several exceptions)."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text) or re.search(r"(certificate verify failed[^'\")]*)", text)
+    return found[1].strip() if found else (type(exc).__name__ + (f": {text[:120]}" if text else ""))
+
+
+def published_sums(read, filename: str) -> dict[str, str]:
+    """{algorithm: hex} for `filename` from the <wiki>-<date>-{sha1,md5}sums.txt beside it; `read(name)`
+    gives a file of that folder (None when missing). Only a line naming exactly `filename` counts."""
     match = re.match(r"^([a-z_]+)-(\d{8}|latest)-", filename)
     if not match:
-        return None
-    for algorithm in ("sha1", "md5"):
-        sums_url = f"{base}/{match[1]}-{match[2]}-{algorithm}sums.txt"
-        try:
-            resp = session.get(sums_url, timeout=timeout)
-        except requests.RequestException:
-            continue
-        if resp.status_code != 200:
-            continue
-        for line in resp.text.splitlines():
+        return {}
+    sums = {}
+    for algorithm, digits in (("sha1", 40), ("md5", 32)):
+        body = read(f"{match[1]}-{match[2]}-{algorithm}sums.txt")
+        for line in (body or b"").decode("utf-8", "replace").splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[1] == filename:
-                return algorithm, parts[0].lower()
-    return None
+            if len(parts) == 2 and parts[1] == filename and re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", parts[0]):
+                sums[algorithm] = parts[0].lower()
+    return sums
 
 
-def _fetch_rest(session: requests.Session, url: str, part: Path, timeout: float) -> int:
-    """Append the missing bytes of `url` to `part`; return how many were fetched."""
+def _content_range(header: str) -> tuple[int | None, int | None]:
+    """(first byte, total) of `bytes FIRST-LAST/TOTAL` or `bytes */TOTAL`; None where absent."""
+    match = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", header.strip())
+    if not match:
+        return None, None
+    return (int(match[1]) if match[1] else None), (int(match[2]) if match[2] != "*" else None)
+
+
+def _start_over(part: Path, why: str) -> Retry:
+    print(f"{why}: starting {part.name} over", file=sys.stderr)
+    part.unlink(missing_ok=True)
+    return Retry(why, wait=0)
+
+
+def _fetch_rest(session: requests.Session, url: str, part: Path, timeout: float, size: int | None,
+                deadline: float) -> int:
+    """Append the missing bytes of `url` to `part`; return how many were fetched. `size` is the listed size."""
     have = part.stat().st_size if part.exists() else 0
+    if size is not None and have > size:
+        raise _start_over(part, f"the partial file has {have:,} bytes, more than the listed {size:,}")
+    if size is not None and have == size:
+        return 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
-        if resp.status_code == 416 and have:
-            return 0  # nothing left to fetch: the part is already whole
-        if resp.status_code not in (200, 206):
-            raise UserError(f"dump.url {url}: HTTP {resp.status_code} {resp.reason}")
-        if resp.status_code == 200:
-            have = 0  # the server ignored the range request: start over
-        total = have + int(resp.headers.get("Content-Length", 0)) or None
+        status = resp.status_code
+        if status == 416 and have:
+            _, total = _content_range(resp.headers.get("Content-Range", ""))
+            if total == have:
+                return 0  # nothing left to fetch: the part is already whole
+            raise _start_over(part, f"the server has nothing past byte {have:,} (its size: {total}), a stale part")
+        if status == 429 or status >= 500:
+            raise Retry(f"HTTP {status} {resp.reason}", wait=_retry_after(resp))
+        if status not in (200, 206):
+            raise UserError(f"{url}: HTTP {status} {resp.reason}")
+        if status == 206 and _content_range(resp.headers.get("Content-Range", ""))[0] != have:
+            raise _start_over(part, f"asked from byte {have:,}, the server sent {resp.headers.get('Content-Range')}")
+        if status == 200:
+            have = 0  # the server ignored the range request: start over, never append
+        length = resp.headers.get("Content-Length")
+        total = size if size is not None else have + int(length) if length and length.isdigit() else None
         if have:
             print(f"resuming {part.name} at byte {have:,}", file=sys.stderr)
         fetched = 0
@@ -123,34 +200,53 @@ def _fetch_rest(session: requests.Session, url: str, part: Path, timeout: float)
                 out.write(block)
                 fetched += len(block)
                 bar.update(len(block))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{have + fetched:,} bytes so far")
         if total is not None and have + fetched < total:
             raise IncompleteDownload(f"got {have + fetched:,} of {total:,} bytes")
         return fetched
 
 
-def download(url: str, dest: Path, retries: int, timeout: float) -> Path:
-    """Stream `url` into the partial file, resuming and retrying with backoff."""
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    return min(float(value), 300.0) if value.isdigit() else None
+
+
+def download(url: str, dest: Path, params: DumpParams, size: int | None = None) -> Path:
+    """Stream `url` into the partial file, resuming and retrying with backoff within dump.deadline_s."""
     part = partial_path(dest)
     part.parent.mkdir(parents=True, exist_ok=True)
-    transient = (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError, IncompleteDownload)
-    with requests.Session() as session:
-        for attempt in range(retries + 1):
+    deadline = time.monotonic() + params.deadline_s
+    transient = (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError, IncompleteDownload, Retry)
+    with session_for(url) as session:
+        for attempt in range(params.retries + 1):
+            before = part.stat().st_size if part.exists() else 0
             try:
-                fetched = _fetch_rest(session, url, part, timeout)
+                fetched = _fetch_rest(session, url, part, params.timeout_s, size, deadline)
                 print(f"fetched {fetched:,} bytes of {url} in attempt {attempt + 1}", file=sys.stderr)
                 return part
+            except TimeoutError as exc:
+                raise UserError(f"{url}: not done within dump.deadline_s = {params.deadline_s:g} s ({exc}); "
+                                "run again to resume") from None
             except transient as exc:
-                if attempt == retries:
-                    raise UserError(f"dump.url {url}: download failed after {retries + 1} attempts ({exc}); "
-                                    f"run again to resume from byte {part.stat().st_size:,}") from exc
-                wait = min(2.0 ** attempt, 60.0)
-                print(f"attempt {attempt + 1} failed ({exc}); retrying in {wait:.0f}s", file=sys.stderr)
+                got = part.stat().st_size if part.exists() else 0
+                if attempt == 0 and got == before == 0 and isinstance(exc, requests.ConnectionError):
+                    # DNS, refused, TLS: the address is wrong or unreachable, retrying will not help
+                    raise UserError(f"cannot reach {url} ({_reason(exc)}); check the address and the network") \
+                        from None
+                wait = exc.wait if isinstance(exc, Retry) and exc.wait is not None else min(2.0 ** attempt, 60.0)
+                if attempt == params.retries or time.monotonic() + wait > deadline:
+                    raise UserError(f"{url}: download failed after {attempt + 1} attempts ({_reason(exc)}); "
+                                    f"run again to resume from byte {got:,}") from None
+                print(f"attempt {attempt + 1} failed ({_reason(exc)}); retrying in {wait:.0f}s", file=sys.stderr)
                 time.sleep(wait)
     raise AssertionError("unreachable")
 
 
-def verify(path: Path, label: str, expected: dict[str, str]) -> None:
-    """Compare checksums; a mismatch names the file and both sums."""
+def verify(path: Path, label: str, expected: dict[str, str], size: int | None = None) -> None:
+    """Compare the size and checksums; a mismatch names the file and both values."""
+    if size is not None and path.stat().st_size != size:
+        raise UserError(f"{label}: {path.stat().st_size:,} bytes, but the listing says {size:,}")
     for algorithm, want in expected.items():
         got = file_digest(path, algorithm)
         if got != want.lower():
@@ -158,11 +254,12 @@ def verify(path: Path, label: str, expected: dict[str, str]) -> None:
         print(f"{label}: {algorithm} {got} verified", file=sys.stderr)
 
 
-def download_verified(url: str, dest: Path, label: str, expected: dict[str, str], params: DumpParams) -> Path:
+def download_verified(url: str, dest: Path, label: str, expected: dict[str, str], params: DumpParams,
+                      size: int | None = None) -> Path:
     """The partial file of `dest`, downloaded and checked; a mismatch moves it aside so a rerun starts over."""
-    part = download(url, dest, params.retries, params.timeout_s)
+    part = download(url, dest, params, size)
     try:
-        verify(part, label, expected)
+        verify(part, label, expected, size)
     except UserError as exc:
         rejected = part.with_suffix(".rejected")
         os.replace(part, rejected)
@@ -170,24 +267,35 @@ def download_verified(url: str, dest: Path, label: str, expected: dict[str, str]
     return part
 
 
+def require_sums(expected: dict[str, str], label: str, where: str, params: DumpParams) -> None:
+    """No known sum: refused unless dump.allow_unverified says to accept a file on its size alone."""
+    if expected:
+        return
+    if not params.allow_unverified:
+        raise UserError(f"{label}: no sha1 or md5 is known for it ({where}); set dump.sha1 or dump.md5, or "
+                        "dump.allow_unverified: true to accept it on its size alone")
+    print(f"warning: {label}: no checksum known, accepted unverified (dump.allow_unverified)", file=sys.stderr)
+
+
 # --- inspection ---------------------------------------------------------------
 
 
 def inspect_dump(path: Path) -> dict:
-    """Stream the dump once: language, page and main-namespace article counts.
+    """Stream the dump once, in bounded memory: language, page and main-namespace article counts,
+    and the largest page (pages over corpus.max_page_bytes are skipped by the corpus stage).
 
     Raises UserError for a file that is not bz2, is truncated, is not a
     MediaWiki export, holds no articles, or is in a language expanda lacks.
     """
     try:
         with bz2.open(path, "rb") as fh:
-            info = _scan_export(fh, path)
+            info = _scan_export(fh)
     except EOFError:
         raise UserError(f"{path}: the bz2 stream ends early (truncated dump); download it again") from None
     except OSError as exc:
         raise UserError(f"{path}: not a readable bz2 file ({exc}); dumps must be *.xml.bz2") from None
-    except ET.ParseError as exc:
-        raise UserError(f"{path}: not well-formed XML ({exc}); is this a MediaWiki export?") from None
+    except ExportError as exc:
+        raise UserError(f"{path}: {exc}; is this a MediaWiki export?") from None
     if info["articles"] == 0:
         raise UserError(f"{path}: no main-namespace articles among {info['pages']} pages; "
                         "use a pages-articles dump")
@@ -197,23 +305,15 @@ def inspect_dump(path: Path) -> dict:
     return info
 
 
-def _scan_export(fh, path: Path) -> dict:
-    events = ET.iterparse(fh, events=("start", "end"))
-    _, root = next(events)
-    if root.tag.rsplit("}", 1)[-1] != "mediawiki":
-        raise UserError(f"{path}: root element is <{root.tag}>, not a MediaWiki export <mediawiki>")
-    prefix = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    lang = root.get(XML_LANG, "")  # read now: clearing the root below drops its attributes
-    pages = articles = 0
-    for event, elem in events:
-        if event != "end" or elem.tag != f"{prefix}page":
-            continue
+def _scan_export(fh) -> dict:
+    export = Export(fh, max_text_bytes=0)  # only sizes and each page's head are needed
+    pages = articles = largest = 0
+    for page in export.pages():
         pages += 1
-        text = elem.findtext(f"{prefix}revision/{prefix}text") or ""
-        if elem.findtext(f"{prefix}ns") == "0" and text and not text.lower().startswith("#redirect"):
+        largest = max(largest, page.size)
+        if page.ns == "0" and page.size and not page.head.lower().startswith("#redirect"):
             articles += 1
-        root.clear()
-    return {"lang": lang, "pages": pages, "articles": articles}
+    return {"lang": export.lang, "pages": pages, "articles": articles, "largest_page_bytes": largest}
 
 
 # --- the rule's entry point ---------------------------------------------------
@@ -222,7 +322,7 @@ def _scan_export(fh, path: Path) -> dict:
 def fetch_dump(out: Path, params: DumpParams) -> dict:
     """Put the dump at `out` (+ `<out stem>.json` sidecar) only once it is verified."""
     out, source, url, path = Path(out), params.source, params.url, params.path
-    expected = {k: v for k, v in (("sha1", params.sha1), ("md5", params.md5)) if v} if params.verify else {}
+    expected = {k: v for k, v in (("sha1", params.sha1), ("md5", params.md5)) if v}
     if source == "sample":
         src = sample_path()
         verify(src, str(src), expected)
@@ -233,17 +333,19 @@ def fetch_dump(out: Path, params: DumpParams) -> dict:
         src = Path(path)
         if not path or not src.is_file():
             raise UserError(f"dump.path {path!r} is not a file: set dump.path to your .xml.bz2")
+        if src.resolve() == out.resolve():
+            raise UserError(f"dump.path {path} is the output itself: point it at your own copy outside "
+                            "resources/dumps/ and results/")
         verify(src, str(src), expected)
         info = inspect_dump(src)
         _link_or_copy(src, out)
     elif source == "url":
-        if params.verify and not expected:
-            with requests.Session() as session:
-                found = published_checksum(url, session, params.timeout_s)
-            if found is None:
-                raise UserError(f"dump.url {url}: no published sha1sums/md5sums found beside it; "
-                                "set dump.sha1 or dump.md5 (or dump.verify: false)")
-            expected = dict([found])
+        if not expected:
+            with session_for(url) as session:
+                base = url.rsplit("/", 1)[0]
+                expected = published_sums(lambda name: read_capped(session, f"{base}/{name}", params.timeout_s,
+                                                                    "dump.url"), url.rsplit("/", 1)[1])
+            require_sums(expected, f"dump.url {url}", "no published sha1sums/md5sums beside it", params)
         part = download_verified(url, out, str(out), expected, params)
         info = inspect_dump(part)
         os.replace(part, out)
@@ -256,62 +358,88 @@ def fetch_dump(out: Path, params: DumpParams) -> dict:
     return info
 
 
-def _link_or_copy(src: Path, out: Path) -> None:
+def _link_or_copy(src: Path, out: Path, check=None) -> None:
+    """`src` at `out`; `check(tmp)` runs on what will be kept, before it takes the name `out`."""
     with atomic_path(out) as tmp:
         tmp.unlink()
-        link_or_copy(src, tmp)
+        if _others_can_change(src):
+            shutil.copyfile(src, tmp)  # a hard link would share the inode with whoever can write it
+        else:
+            link_or_copy(src, tmp)
+        if check is not None:
+            check(tmp)
+
+
+def _others_can_change(path: Path) -> bool:
+    """The file is writable by its group or others, or belongs to another user."""
+    st = path.stat()
+    return bool(st.st_mode & 0o022) or st.st_uid != os.getuid()
 
 
 # --- whole wikis: dumpstatus.json, then one job per file ------------------------------
 
-DATA_FILE = re.compile(r"-pages-articles-multistream(\d*)\.xml(?:-p(\d+)p\d+)?\.bz2$")
-INDEX_FILE = re.compile(r"-pages-articles-multistream-index(\d*)\.txt(?:-p(\d+)p\d+)?\.bz2$")
 MULTISTREAM_JOB = "articlesmultistreamdump"
+
+
+def file_patterns(wiki: str, date: str) -> tuple[re.Pattern, re.Pattern]:
+    """Wikimedia's names of a dump's multistream data and index files, numbered or single, matched whole."""
+    stem = re.escape(f"{wiki}-{date}-pages-articles-multistream")
+    return (re.compile(rf"{stem}(\d*)\.xml(?:-p(\d+)p\d+)?\.bz2"),
+            re.compile(rf"{stem}-index(\d*)\.txt(?:-p(\d+)p\d+)?\.bz2"))
 
 
 def _is_url(mirror: str) -> bool:
     return re.match(r"^https?://", mirror) is not None
 
 
-def _read(params: DumpParams, path: str) -> bytes:
-    """A file of the dumps site: over HTTP(S), or from a local mirror folder."""
-    if _is_url(params.mirror):
-        url = f"{params.mirror.rstrip('/')}/{path}"
-        try:
-            resp = requests.get(url, timeout=params.timeout_s)
-        except requests.RequestException as exc:
-            raise UserError(f"dump.mirror: cannot read {url} ({exc})") from None
-        if resp.status_code != 200:
-            raise UserError(f"dump.mirror: {url} answered HTTP {resp.status_code} {resp.reason}")
-        return resp.content
-    local = Path(params.mirror) / path
-    if not local.is_file():
-        raise UserError(f"dump.mirror {params.mirror}: no {path} there; is it a copy of the dumps site?")
-    return local.read_bytes()
+def mirror_reader(mirror: str, timeout: float):
+    """`read(path)`: a file of the dumps site (HTTP(S) or a local folder), at most MAX_LISTING_BYTES; None if
+    it is missing."""
+    if _is_url(mirror):
+        session = session_for(mirror)
+        return lambda path: read_capped(session, f"{mirror.rstrip('/')}/{path}", timeout, "dump.mirror")
+
+    def read_local(path: str) -> bytes | None:
+        local = Path(mirror) / path
+        if not local.is_file():
+            return None
+        if local.stat().st_size > MAX_LISTING_BYTES:
+            raise UserError(f"dump.mirror {mirror}: {path} is over {MAX_LISTING_BYTES >> 20} MiB, too big for a "
+                            "listing")
+        return local.read_bytes()
+
+    return read_local
 
 
-def _dates(params: DumpParams) -> list[str]:
+def _dates(params: DumpParams, read) -> list[str]:
     """The dump dates the mirror lists for the wiki, newest first."""
     if _is_url(params.mirror):
-        names = re.findall(r'href="(\d{8})/?"', _read(params, f"{params.wiki}/").decode("utf-8", "replace"))
+        names = re.findall(r'href="(\d{8})/?"', (read(f"{params.wiki}/") or b"").decode("utf-8", "replace"))
     else:
         folder = Path(params.mirror) / params.wiki
         names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
     return sorted({n for n in names if re.fullmatch(r"\d{8}", n)}, reverse=True)
 
 
-def _multistream_job(params: DumpParams, date: str) -> dict | None:
+def _multistream_job(params: DumpParams, date: str, read) -> dict | None:
     """The finished pages-articles-multistream job of one dump, or None."""
-    status = json.loads(_read(params, f"{params.wiki}/{date}/dumpstatus.json"))
-    job = status.get("jobs", {}).get(MULTISTREAM_JOB, {})
-    return job if job.get("status") == "done" else None
+    body = read(f"{params.wiki}/{date}/dumpstatus.json")
+    if body is None:
+        raise UserError(f"dump.mirror {params.mirror}: no {params.wiki}/{date}/dumpstatus.json there; is it a "
+                        "copy of the dumps site?")
+    try:
+        status = json.loads(body)
+    except ValueError:
+        raise UserError(f"dump.mirror {params.mirror}: {params.wiki}/{date}/dumpstatus.json is not JSON") from None
+    job = status.get("jobs", {}).get(MULTISTREAM_JOB, {}) if isinstance(status, dict) else {}
+    return job if isinstance(job, dict) and job.get("status") == "done" else None
 
 
-def resolve_date(params: DumpParams) -> tuple[str, dict]:
+def resolve_date(params: DumpParams, read) -> tuple[str, dict]:
     """dump.date, `latest` made the newest date whose multistream files are done, and that job."""
-    dates = [params.date] if params.date != "latest" else _dates(params)
+    dates = [params.date] if params.date != "latest" else _dates(params, read)
     for date in dates[:5]:  # an unfinished newest dump is normal; older ones are finished
-        job = _multistream_job(params, date)
+        job = _multistream_job(params, date, read)
         if job is not None:
             return date, job
     tried = ", ".join(dates[:5]) or f"none listed under {params.mirror}/{params.wiki}/"
@@ -337,21 +465,44 @@ def _select_parts(spec: str, available: set[int]) -> set[int]:
     return wanted
 
 
+def _checked_entries(files: dict, params: DumpParams, date: str) -> dict[str, dict]:
+    """Every listed file, its name matched whole against Wikimedia's pattern and its size and sums well-formed."""
+    where = f"{params.mirror}/{params.wiki}/{date}/dumpstatus.json"
+    patterns = file_patterns(params.wiki, date)
+    if not isinstance(files, dict):
+        raise UserError(f"{where}: {MULTISTREAM_JOB}.files is not a mapping of file names")
+    entries = {}
+    for name, meta in files.items():
+        if not any(p.fullmatch(name) for p in patterns):
+            raise UserError(f"{where} lists {name!r}, which is not a {params.wiki}-{date} pages-articles-"
+                            "multistream file name: this mirror's listing is refused")
+        meta = meta if isinstance(meta, dict) else {}
+        size, sha1, md5 = meta.get("size"), meta.get("sha1") or "", meta.get("md5") or ""
+        if not (size is None or (isinstance(size, int) and size >= 0)) or \
+                not re.fullmatch(r"([0-9a-f]{40})?", str(sha1)) or not re.fullmatch(r"([0-9a-f]{32})?", str(md5)):
+            raise UserError(f"{where}: the size or sums of {name} are malformed ({meta}): this mirror's listing is "
+                            "refused")
+        entries[name] = {"size": size, "sha1": sha1 or None, "md5": md5 or None}
+    return entries
+
+
 def list_dump(out: Path, params: DumpParams) -> dict:
     """Write the dump's file list: data files of dump.parts in page order, their index files, sizes, sums."""
-    date, job = resolve_date(params)
-    files = job.get("files", {})
+    read = mirror_reader(params.mirror, params.timeout_s)
+    date, job = resolve_date(params, read)
+    files = _checked_entries(job.get("files", {}), params, date)
+    data, index_file = file_patterns(params.wiki, date)
     # A data file and its index share the part number and page range in their names.
-    index = {_key(m): name for name in files if (m := INDEX_FILE.search(name))}
+    index = {_key(m): name for name in files if (m := index_file.fullmatch(name))}
     parts = [{"file": name, "part": _key(m)[0], "first_page": _key(m)[1], "index": index.get(_key(m), "")}
-             for name in files if (m := DATA_FILE.search(name))]
+             for name in files if (m := data.fullmatch(name))]
     if not parts:
         raise UserError(f"{params.wiki} {date}: dumpstatus.json lists no pages-articles-multistream files")
     chosen = _select_parts(params.parts, {p["part"] for p in parts})
     parts = sorted((p for p in parts if p["part"] in chosen), key=lambda p: (p["part"], p["first_page"]))
     keep = {p["file"] for p in parts} | {p["index"] for p in parts if p["index"]}
     listing = {"wiki": params.wiki, "date": date, "mirror": params.mirror, "parts": parts,
-               "files": {name: {k: files[name].get(k) for k in ("size", "sha1", "md5")} for name in sorted(keep)}}
+               "files": {name: files[name] for name in sorted(keep)}}
     with atomic_path(Path(out)) as tmp:
         tmp.write_text(json.dumps(listing, indent=2) + "\n")
     size = sum(listing["files"][p["file"]]["size"] or 0 for p in parts)
@@ -361,15 +512,20 @@ def list_dump(out: Path, params: DumpParams) -> dict:
 
 
 def fetch_part(listing: Path, file: str, out: Path, params: DumpParams) -> None:
-    """Fetch one file of the listing to `out`, resumable, and check its published sha1 (and md5)."""
+    """Fetch one file of the listing to `out`, resumable; accept it only at its listed size and sums."""
     meta = json.loads(Path(listing).read_text())
-    if file not in meta["files"]:
-        raise UserError(f"{file} is not in {listing}; delete it to list the dump again")
-    sums = meta["files"][file]
-    expected = {k: sums[k] for k in ("sha1", "md5") if sums.get(k)} if params.verify else {}
-    source = f"{meta['mirror'].rstrip('/')}/{meta['wiki']}/{meta['date']}/{file}"
+    if file not in meta["files"] or not any(p.fullmatch(file) for p in file_patterns(meta["wiki"], meta["date"])):
+        raise UserError(f"{file} is not a file of {listing}; delete the listing to list the dump again")
+    entry, folder = meta["files"][file], f"{meta['wiki']}/{meta['date']}"
+    expected = {k: entry[k] for k in ("sha1", "md5") if entry.get(k)}
+    if not expected:
+        read = mirror_reader(meta["mirror"], params.timeout_s)
+        expected = published_sums(lambda name: read(f"{folder}/{name}"), file)
+    require_sums(expected, file, f"none in dumpstatus.json or the sums files of {meta['mirror']}/{folder}", params)
+    source = f"{meta['mirror'].rstrip('/')}/{folder}/{file}"
     if not _is_url(meta["mirror"]):
-        verify(Path(source), file, expected)
-        _link_or_copy(Path(source), Path(out))
+        if not Path(source).is_file():
+            raise UserError(f"dump.mirror {meta['mirror']}: no {folder}/{file} there")
+        _link_or_copy(Path(source), Path(out), check=lambda tmp: verify(tmp, file, expected, entry["size"]))
         return
-    os.replace(download_verified(source, Path(out), file, expected, params), out)
+    os.replace(download_verified(source, Path(out), file, expected, params, entry["size"]), out)

@@ -118,7 +118,7 @@ def export_hf(model_path: Path, vocab_path: Path, out: Path, evaluation: Path | 
                          for k in missing):
         raise RuntimeError(f"weight mapping is off: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, "export") as staging:
         hf.save_pretrained(staging, safe_serialization=True)
         fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, bos_token=BOS, eos_token=EOS,
                                        pad_token=PAD)

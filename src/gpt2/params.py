@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import shlex
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -81,9 +80,14 @@ class DumpParams:
                           "(source wiki: each file's sha1 from dumpstatus.json)",
                       pattern="^([0-9a-f]{40})?$")
     md5: str = param("", "expected md5", pattern="^([0-9a-f]{32})?$")
-    verify: bool = param(True, "check checksums (false skips every check)")
-    retries: int = param(5, "download attempts after the first, with backoff", minimum=0, maximum=100)
+    allow_unverified: bool = param(False, "accept a downloaded or mirrored file for which no sha1/md5 is known "
+                                          "(dump.sha1/md5, dumpstatus.json or the published sums files); its "
+                                          "listed size is still checked, and known sums always are")
+    retries: int = param(5, "download attempts after the first, with backoff (connection errors, 429, 5xx)",
+                         minimum=0, maximum=100)
     timeout_s: float = param(60.0, "per-request connect/read timeout in seconds", above=0)
+    deadline_s: float = param(21600.0, "overall time for one file's download, retries included; past it the "
+                                       "job stops and a rerun resumes", above=0)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class CorpusParams:
                              minimum=1)
     input_vocab: str = param("", "reuse this vocab.txt instead of training one (e.g. to score a model on "
                                  "another dump)")
+    max_page_bytes: int = param(16 << 20, "pages whose wikitext is larger are skipped and counted, never held in "
+                                          "memory (MediaWiki caps an article at 2 MiB)", minimum=1024)
     seed: int = param(0, "seeds expanda's shuffle: the same dump gives the same corpus", minimum=0)
     threads: int = param(2, "expanda worker processes (capped by --cores); source wiki: per extraction job",
                          minimum=1, maximum=256)
@@ -269,17 +275,18 @@ def from_values(cls: type, values: dict) -> Any:
     return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
-def cli_flags(cls: type, values: dict, skip: tuple[str, ...] = ()) -> str:
-    """`--name value` for every field a command takes (but `skip`), shell-quoted: what a rule passes."""
+def cli_flags(cls: type, values: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """The words `--name=value` (a list: `--name` and its items) for every field a command takes (but
+    `skip`): what a rule passes, quoted by the rule's `{params.flags:q}`, word by word."""
     out = []
     for f in settings(cls, ("both",)):
         if f.name in skip:
             continue
         value = values[f.name]
-        items = value if isinstance(value, list) else [value]
-        words = ["true" if v is True else "false" if v is False else str(v) for v in items]
-        out.append(" ".join([f"--{f.name}"] + [shlex.quote(w) for w in words]))
-    return " ".join(out)
+        words = ["true" if v is True else "false" if v is False else str(v)
+                 for v in (value if isinstance(value, list) else [value])]
+        out += [f"--{f.name}", *words] if isinstance(value, list) else [f"--{f.name}={words[0]}"]
+    return out
 
 
 def accumulation(params: TrainParams, processes: int) -> int:

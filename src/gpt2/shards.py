@@ -167,7 +167,7 @@ def make_shards(vocab_path: Path, train_corpus: Path, valid_corpus: Path, test_c
     started = time.perf_counter()
     raw = open(raw_corpus, "rb") if raw_corpus else None
     try:
-        with atomic_dir(out) as staging:
+        with atomic_dir(out, "make-shards") as staging:
             splits = {}
             for name, path in corpora.items():  # in corpus.raw.txt's order
                 sizes = article_sizes(articles, name) if articles else None
@@ -345,7 +345,7 @@ def shard_bucket(bucket: Path, tokens: Path, vocab_path: Path, out: Path, params
             split, *_, lines = row.rstrip("\n").split("\t")
             sizes[split].append(int(lines))
     present = [name for name in SPLITS if sizes[name]]
-    with atomic_dir(out) as staging, open(tokens, encoding="utf-8") as token_fh, \
+    with atomic_dir(out, "shard-bucket") as staging, open(tokens, encoding="utf-8") as token_fh, \
             open(Path(bucket) / "raw.txt", "rb") as raw:
         splits = {}
         for name in present:
@@ -364,7 +364,7 @@ def gather_shards(buckets: list[Path], vocab_path: Path, train_corpus: Path, val
     files are hashed into it, as make_shards does)."""
     started = time.perf_counter()
     corpora = {"test": Path(test_corpus), "valid": Path(valid_corpus), "train": Path(train_corpus)}
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, "make-shards") as staging:
         splits = {name: {"documents": 0, "lines": 0, "tokens": 0, "bytes": 0, "unk_tokens": 0,
                          "missing_from_vocab": 0, "shards": []} for name in SPLITS}
         for name in SPLITS:

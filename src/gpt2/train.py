@@ -40,7 +40,7 @@ from tqdm import tqdm
 from gpt2 import UserError, checkpoint
 from gpt2.device import autocast, half_dtype, peak_flops, resolve_device, set_threads, use_bf16
 from gpt2.evaluate import stream_nll, unigram_logprobs
-from gpt2.files import atomic_path
+from gpt2.files import atomic_path, remove_stale_temps
 from gpt2.launch import relaunch_under_torchrun, require_gpus
 from gpt2.model import GPT, GPTConfig
 from gpt2.params import Architecture, TrainParams, accumulation, trajectory_keys
@@ -543,53 +543,63 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
     set_threads(params.threads)
     env = init_distributed(params.device)
     try:
-        run = setup(Path(shards), outputs, model_cfg, params, env)
-        state = build_state(run)
-        resume(run, state, resume_from, init_from)
-        net = compiled(run, state.model)
-        metrics = None
-        if env.main:
-            metrics = MetricsLog(outputs.checkpoints / "metrics.csv", outputs.tensorboard, state.step)
-            print(data_budget(run, state.model.num_params()["total"]), file=sys.stderr)
-
-        p = run.params
-        gpu = torch.cuda.current_device() if env.device.type == "cuda" else None  # init_distributed set it
-        feed = Prefetcher(run.batches, micro_slices(run), state.step, p.steps, gpu)
-        writer = checkpoint.Writer()  # checkpoints are written while training goes on
-        interval, loop = Meter(state, feed), None  # this metrics row's; the whole loop's after its first step
-        bar = tqdm(total=p.steps, initial=state.step, desc="train", unit="step", mininterval=5, disable=not env.main)
-        try:
-            while state.step < p.steps:
-                loss, grad_norm, lr = train_step(run, net, state, feed.next())
-                interval.losses.append(loss)
-                bar.update(1)
-                last = state.step == p.steps
-                if state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last:
-                    now = time.perf_counter()  # the evaluation below counts towards the next row's time
-                    row = metrics_row(run, state, interval, now, lr, grad_norm, writer)
-                    if env.main:
-                        metrics.append(row)
-                        bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
-                    interval = Meter(state, feed, start=now)
-                if state.step % p.checkpoint_every == 0 or last:
-                    save_checkpoint(run, state, writer)
-                if on_step is not None:
-                    on_step(state.step)
-                loop = loop or Meter(state, feed)
-            ended = time.perf_counter()
-            writer.wait()  # the last checkpoints reach the disk (after the loop's time: no step waits for it)
-        finally:
-            feed.close()
-            bar.close()  # before any error line, so the error is the last line of the log
-            if metrics is not None:
-                metrics.close()
-            _land_checkpoints(writer)
-        if env.main and loop is not None and state.step > loop.step:
-            print(throughput(run, state, loop, ended), file=sys.stderr)
-        return finish(run, state) if env.main else None
+        with checkpoint.holding(outputs.checkpoints) if env.main else contextlib.nullcontext():
+            if env.main:
+                remove_stale_temps(outputs.model.parent, checkpoint.RUN_FILES)
+            return _train(Path(shards), outputs, model_cfg, params, env, resume_from, init_from, on_step)
     finally:
         if env.world > 1:
             dist.destroy_process_group()
+
+
+def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainParams, env,
+           resume_from: Path | None, init_from: Path | None, on_step: Callable[[int], None] | None) -> Path | None:
+    """The run itself, in the held checkpoint folder."""
+    run = setup(Path(shards), outputs, model_cfg, params, env)
+    state = build_state(run)
+    resume(run, state, resume_from, init_from)
+    net = compiled(run, state.model)
+    metrics = None
+    if env.main:
+        metrics = MetricsLog(outputs.checkpoints / "metrics.csv", outputs.tensorboard, state.step)
+        print(data_budget(run, state.model.num_params()["total"]), file=sys.stderr)
+
+    p = run.params
+    gpu = torch.cuda.current_device() if env.device.type == "cuda" else None  # init_distributed set it
+    feed = Prefetcher(run.batches, micro_slices(run), state.step, p.steps, gpu)
+    writer = checkpoint.Writer()  # checkpoints are written while training goes on
+    interval, loop = Meter(state, feed), None  # this metrics row's; the whole loop's after its first step
+    bar = tqdm(total=p.steps, initial=state.step, desc="train", unit="step", mininterval=5, disable=not env.main)
+    try:
+        while state.step < p.steps:
+            writer.check()  # a failed checkpoint write stops the run here, not after the last step
+            loss, grad_norm, lr = train_step(run, net, state, feed.next())
+            interval.losses.append(loss)
+            bar.update(1)
+            last = state.step == p.steps
+            if state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last:
+                now = time.perf_counter()  # the evaluation below counts towards the next row's time
+                row = metrics_row(run, state, interval, now, lr, grad_norm, writer)
+                if env.main:
+                    metrics.append(row)
+                    bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
+                interval = Meter(state, feed, start=now)
+            if state.step % p.checkpoint_every == 0 or last:
+                save_checkpoint(run, state, writer)
+            if on_step is not None:
+                on_step(state.step)
+            loop = loop or Meter(state, feed)
+        ended = time.perf_counter()
+        writer.wait()  # the last checkpoints reach the disk (after the loop's time: no step waits for it)
+    finally:
+        feed.close()
+        bar.close()  # before any error line, so the error is the last line of the log
+        if metrics is not None:
+            metrics.close()
+        _land_checkpoints(writer)
+    if env.main and loop is not None and state.step > loop.step:
+        print(throughput(run, state, loop, ended), file=sys.stderr)
+    return finish(run, state) if env.main else None
 
 
 def _land_checkpoints(writer: checkpoint.Writer) -> None:
