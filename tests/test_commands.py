@@ -228,6 +228,23 @@ def test_export_round_trips_through_transformers(corpus, tmp_path):
         position += len(ids)
 
 
+@pytest.mark.reliability
+def test_export_never_replaces_a_folder_it_did_not_write(corpus, tmp_path):
+    models = tmp_path / "models"
+    (models / "other-model").mkdir(parents=True)
+    (models / "other-model/weights.bin").write_bytes(b"someone else's")
+    args = ["export", "--model_path", str(corpus["model"]), "--vocab_path", str(corpus["vocab"])]
+    proc = gpt2(*args, "--out", str(models))
+    assert proc.returncode == 2 and (models / "other-model/weights.bin").read_bytes() == b"someone else's"
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {models} holds files that `export` did not write: it is "
+                                                    "left alone; choose a new or empty folder as the output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]  # no staging folder left beside it
+    mine = models / "mine"
+    assert gpt2(*args, "--out", str(mine)).returncode == 0
+    assert gpt2(*args, "--out", str(mine)).returncode == 0  # its own earlier output is replaced
+    assert (models / "other-model/weights.bin").exists() and (mine / "model.safetensors").exists()
+
+
 def test_worked_example_scripts_run(corpus, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHON=sys.executable, CORPUS=str(corpus["vocab"].parent),
                OUT=str(tmp_path), STEPS="10", EVAL_STEPS="5", SAVE_STEPS="5")

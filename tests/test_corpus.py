@@ -425,3 +425,43 @@ def test_a_truncated_part_is_one_error_naming_it(wiki_parts, tmp_path, sample_ru
     assert proc.stderr.strip().splitlines()[-1] == (f"error: {dump}: the bz2 data ends early (truncated file); "
                                                     "fetch it again")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("lines, message", [
+    (["600:10:A\n", "900:11:B\n", "700:12:C\n"], "line 3 offset 700 is below the line before's"),
+    (["600:10:A\n", "x:11:B\n"], "line 2 is not offset:page id:title"),
+    (["600:ten:A\n"], "line 1 is not offset:page id:title"),
+    (["600:10:A\n", "99999:11:B\n"], "line 2 offset 99,999 is past the end of the 1,000-byte data file"),
+    ([], "the index lists no streams"),
+])
+def test_a_damaged_index_is_one_line_naming_the_file_and_line(tmp_path, lines, message):
+    index = tmp_path / "index.txt.bz2"
+    index.write_bytes(bz2.compress("".join(lines).encode()))
+    with pytest.raises(UserError, match=re.escape(f"{index}")) as caught:
+        stream_offsets(index, 1000)
+    assert message in str(caught.value)
+
+
+@pytest.mark.reliability
+def test_chunks_at_its_maximum_stays_within_the_open_files_limit(tmp_path):
+    """corpus.chunks = 4096 buckets scattered and gathered with a soft limit of 64 open files."""
+    import resource
+
+    from gpt2.corpus import ARTICLE_MARK, OpenFiles, scatter
+
+    chunks = CorpusParams.__dataclass_fields__["chunks"].metadata["maximum"]
+    text = tmp_path / "extracted.txt"
+    text.write_bytes(b"".join(ARTICLE_MARK + f"{i}\tT{i}\n".encode() + f"Sentence {i}.\n".encode()
+                              for i in range(1, 5001)))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        stats = scatter(text, tmp_path, CorpusParams(chunks=chunks))
+        files = [tmp_path / f"{b}.txt" for b in range(chunks)]
+        with OpenFiles(files, limit=32) as handles:
+            heads = [handles.get(b).readline() for b in range(chunks)]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert stats["articles"] == 5000 and sum(stats["bucket_articles"]) == 5000 and len(files) == chunks
+    assert sum(1 for h in heads if h.startswith(ARTICLE_MARK)) == sum(1 for c in stats["bucket_articles"] if c)

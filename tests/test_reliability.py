@@ -182,3 +182,29 @@ def test_every_command_refuses_bad_flags_clearly(command, tmp_path, sample_dump)
         proc = gpt2(command, *required, number, "lots")
         assert proc.returncode == 2 and "invalid" in _last_line(proc) and "'lots'" in _last_line(proc)
     assert flags or paths or number
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)])
+def test_outputs_get_the_modes_the_umask_gives(tmp_path, umask, file_mode, dir_mode):
+    """A project folder shared on a cluster stays readable: no 0600 temp-file modes on outputs."""
+    code = ("import sys; from gpt2.files import atomic_dir, atomic_path\n"
+            "with atomic_path(sys.argv[1] + '/f.txt') as t: t.write_text('x')\n"
+            "with atomic_dir(sys.argv[1] + '/d', 'test') as d: (d / 'g.txt').write_text('y')\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=_env(), check=True,
+                   preexec_fn=lambda: os.umask(umask))
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "d").stat().st_mode & 0o777 == dir_mode
+
+
+def test_staging_folders_a_killed_run_left_are_removed_at_the_next_write(tmp_path):
+    from gpt2.files import atomic_dir
+
+    stale = [tmp_path / ".shards.k2j4h1ab.tmp", tmp_path / ".shards.k2j4h1ab.old"]
+    theirs = tmp_path / ".shards-notes.tmp"
+    for path in [*stale, theirs]:
+        path.mkdir()
+        (path / "half.bin").write_bytes(b"partial")
+    with atomic_dir(tmp_path / "shards", "test") as staging:
+        (staging / "a.bin").write_bytes(b"whole")
+    assert not any(p.exists() for p in stale) and theirs.exists()
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [".gpt2-output", "a.bin"]

@@ -22,6 +22,7 @@ from conftest import ROOT, TINY_CONFIG, snakemake
 from gpt2.model import GPT, GPTConfig
 from gpt2.shards import TokenStream
 from gpt2.checkpoint import load_model
+from gpt2.device import use_bf16
 from gpt2.cli import build_parser, settings_from
 from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
@@ -160,6 +161,78 @@ def test_a_background_checkpoint_holds_the_state_it_was_asked_for(tmp_path):
     writer.wait()  # reported once
 
 
+def test_pending_checkpoint_copies_are_bounded_and_the_loop_waits(tmp_path):
+    import threading
+
+    from gpt2 import checkpoint
+
+    release, written = threading.Event(), []
+    writer = checkpoint.Writer(max_pending=1)
+    writer.submit(lambda state: (release.wait(), written.append(state["step"])), {"step": 1})
+    second = threading.Thread(target=writer.submit, args=(lambda state: written.append(state["step"]), {"step": 2}))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive() and written == []  # the second copy waits for the first write
+    release.set()
+    second.join(timeout=10)
+    writer.wait()
+    assert written == [1, 2]
+
+
+@pytest.mark.reliability
+def test_a_failed_checkpoint_write_stops_the_loop_at_the_next_step(tiny_run, tmp_path, monkeypatch):
+    from gpt2 import UserError, checkpoint
+
+    def full_disk(folder, state, keep):
+        if state["step"] == 8:
+            raise UserError("could not write step_0000008.pt; is the disk full?")
+        return save_rotating(folder, state, keep)
+
+    save_rotating, steps = checkpoint.save_rotating, []
+    monkeypatch.setattr(checkpoint, "save_rotating", full_disk)
+    # the failing write (in the background) is given time to fail before step 9 starts
+    on_step = lambda step: (steps.append(step), time.sleep(0.5 if step == 8 else 0))  # noqa: E731
+    manifest = tiny_run / "results/shards/manifest.json"
+    args = build_parser().parse_args(["train", "--shards", str(manifest), *_outputs(tmp_path), *TINY_ARCH, *RUN])
+    params, arch = settings_from(TrainParams, args), settings_from(Architecture, args)
+    with pytest.raises(UserError, match="is the disk full"):
+        train(manifest, Outputs(args.save_model_path, args.save_checkpoint_path), model_config(manifest, arch, params),
+              params, on_step=on_step)
+    assert steps[-1] == 8 and [p.name for p in checkpoint.paths(tmp_path / "checkpoints")] == ["step_0000004.pt"]
+
+
+@pytest.mark.reliability
+def test_a_second_run_into_a_held_folder_is_refused_and_stale_temps_go(tiny_run, tmp_path):
+    from gpt2 import checkpoint
+
+    manifest = tiny_run / "results/shards/manifest.json"
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = [folder / ".step_0000004.pt.k2j4h1.tmp", tmp_path / ".model.pt.x8y7z6.tmp"]
+    theirs = [folder / ".notes.tmp", folder / "step_4.pt.bak"]
+    with checkpoint.holding(folder):
+        for path in stale + theirs:
+            path.write_bytes(b"partial")
+        proc = subprocess.run(_train_cmd(manifest, tmp_path), env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and all(p.exists() for p in stale)
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {folder} is in use by a training run (pid {os.getpid()} "
+                                                    f"on {socket.gethostname()} since " +
+                                                    proc.stderr.split(" since ")[1].split(")")[0] +
+                                                    "); wait for it to end or stop it, or train into another folder")
+    proc = subprocess.run(_train_cmd(manifest, tmp_path), env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in theirs)
+    assert f"removing {stale[0]}, left by a run that was stopped while writing it" in proc.stderr
+
+
+def test_checkpoints_rotate_by_step_number_not_by_name(tmp_path):
+    from gpt2 import checkpoint
+
+    for name in ("step_9999999.pt", "step_10000000.pt", "step_0000005.pt", "step_x.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in checkpoint.paths(tmp_path)] == ["step_10000000.pt", "step_9999999.pt", "step_0000005.pt"]
+
+
 def test_no_weight_decay_on_norms_biases_and_embeddings():
     model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8, rate=4, dropout=0.0))
     decay, plain = param_groups(model, 0.1)
@@ -191,7 +264,9 @@ def test_periodic_evaluation_reads_the_validation_split(tiny_run):
     last = _rows(tiny_run / "results/train/tiny/metrics.csv")[-1]
     model, _ = load_model(tiny_run / "results/train/tiny/model.pt", torch.device("cpu"))
     eval_tokens = TINY_CONFIG["train"]["eval_tokens"]
-    scores = {split: stream_nll(model, TokenStream(manifest, split), 128, 16, torch.device("cpu"), limit=eval_tokens)
+    bf16 = use_bf16("auto", torch.device("cpu"))  # as training evaluated (native bf16 CPUs autocast)
+    scores = {split: stream_nll(model, TokenStream(manifest, split), 128, 16, torch.device("cpu"), limit=eval_tokens,
+                                bf16=bf16)
               for split in ("valid", "test")}
     valid, test = (nll / count for nll, count in scores.values())
     assert float(last["eval_loss"]) == pytest.approx(valid, rel=1e-5) and abs(valid - test) > 1e-3

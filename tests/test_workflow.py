@@ -193,6 +193,33 @@ def test_rules_pass_each_setting_under_its_config_name(tmp_path):
     assert "--sample_tokens=9" in command("samples")
 
 
+def _shell_strings() -> dict[str, str]:
+    """`rules/x.smk:line` -> the text of each `shell:` directive (its string lines joined)."""
+    found = {}
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line.strip() != "shell:":
+                continue
+            indent, body = len(line) - len(line.lstrip()), []
+            for more in lines[number + 1:]:
+                if more.strip() and len(more) - len(more.lstrip()) <= indent:
+                    break
+                body.append(more.strip())
+            found[f"{path.relative_to(ROOT)}:{number + 1}"] = " ".join(body)
+    return found
+
+
+def test_every_value_in_a_shell_command_is_quoted():
+    """A wildcard, input, output, param, log or threads reaches the shell only through Snakemake's :q."""
+    commands = _shell_strings()
+    assert len(commands) >= 20  # every rule of every stage was read
+    for where, text in commands.items():
+        fields = re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", text)
+        assert fields, where
+        assert [f for f in fields if not f.endswith(":q")] == [], where
+
+
 def test_snakemake_lint_and_snakefmt_are_clean():
     lint = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--lint"], cwd=ROOT,
                           capture_output=True, text=True)

@@ -9,6 +9,7 @@ wrote it: `atomic_dir` leaves a marker naming its command in each folder.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import re
@@ -66,6 +67,7 @@ def atomic_dir(dest: str | os.PathLike, owner: str) -> Iterator[Path]:
     dest = Path(dest)
     check_replaceable(dest, owner)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(dest)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(staging, 0o777 & ~UMASK)
     old = staging.with_suffix(".old")
@@ -80,6 +82,15 @@ def atomic_dir(dest: str | os.PathLike, owner: str) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_staging(dest: Path) -> None:
+    """Staging folders of `dest` that a killed run left beside it (only atomic_dir makes these names)."""
+    stale = re.compile(rf"\.{re.escape(dest.name)}\.[A-Za-z0-9_]+\.(tmp|old)")
+    for path in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        if path.is_dir() and not path.is_symlink() and stale.fullmatch(path.name):
+            print(f"removing {path}, left by a run that was stopped while writing {dest}", file=sys.stderr)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def check_replaceable(dest: Path, owner: str) -> None:
