@@ -1,5 +1,5 @@
 # GPT-2 on Wikipedia: dump -> patched expanda -> corpus -> shards -> train -> evaluate -> report.
-# `snakemake --cores 8 results/eval_small.json`; README.md explains every stage.
+# `snakemake --cores 8 results/eval_small.json`; docs/pipeline.md and docs/training.md explain every stage.
 
 import os
 

@@ -1,4 +1,4 @@
-# Stage 5: test-set metrics of a trained model (keys in README.md).
+# Stage 5: test-set metrics of a trained model (keys in docs/training.md).
 
 
 rule evaluate:

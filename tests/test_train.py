@@ -27,7 +27,9 @@ from gpt2.cli import build_parser, settings_from
 from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
 import gpt2.train
-from gpt2.train import Batches, Outputs, Prefetcher, lr_factor, model_config, param_groups, train
+from gpt2.batches import Batches, Prefetcher
+from gpt2.run_state import Outputs, lr_factor, param_groups
+from gpt2.train import model_config, train
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
 RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--dropout", "0", "--lr", "0.003", "--warmup_steps", "4",

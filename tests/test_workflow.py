@@ -21,7 +21,8 @@ from gpt2 import UserError
 from gpt2.cli import COMMANDS, build_parser, settings_from
 from gpt2.config import check_config
 from gpt2.params import (MODELS, REFERENCE_DEFAULTS, SECTIONS, Architecture, EvaluateParams, TrainParams,
-                         from_values, render_config_yaml, render_schema_yaml)
+                         from_values)
+from gpt2.render import render_config_yaml, render_schema_yaml, render_settings_md
 
 
 def _pins() -> dict[str, str]:
@@ -56,7 +57,8 @@ def test_values_inside_a_command_line_mapping_get_their_declared_types():
 
 def test_documented_snakemake_commands_put_targets_before_config_options():
     """--config and --configfile take every word after them: a target written there is read as config."""
-    docs = [ROOT / "README.md", ROOT / "profiles/README.md", *sorted((ROOT / "presets").glob("*.yaml"))]
+    docs = [ROOT / "README.md", ROOT / "profiles/README.md", *sorted((ROOT / "docs").glob("*.md")),
+            *sorted((ROOT / "presets").glob("*.yaml"))]
     commands = [line.strip().lstrip("#").strip() for doc in docs for line in
                 doc.read_text().replace("\\\n", " ").splitlines()]
     commands = [shlex.split(c) for c in commands if re.match(r"(\.venv/bin/)?snakemake ", c) and "--config" in c]
@@ -112,6 +114,7 @@ def test_every_rule_has_log_and_a_conda_env_that_exists():
 def test_config_yaml_and_schema_are_rendered_from_the_declarations():
     assert (ROOT / "config.yaml").read_text() == render_config_yaml()
     assert (ROOT / "schemas/config.schema.yaml").read_text() == render_schema_yaml()
+    assert (ROOT / "docs/settings.md").read_text() == render_settings_md()
     assert gpt2("write-config", "--check", "--root", str(ROOT)).returncode == 0
     config = yaml.safe_load(render_config_yaml())
     for name, cls in SECTIONS.items():  # every key a section declares, with its default, nothing else
@@ -227,6 +230,14 @@ def test_snakemake_lint_and_snakefmt_are_clean():
     fmt = subprocess.run([str(Path(sys.executable).with_name("snakefmt")), "--check", "."], cwd=ROOT,
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_the_readme_is_a_front_door_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "profiles/README.md"]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to {target}"
 
 
 def test_files_named_in_comments_exist():

@@ -204,9 +204,9 @@ COMMANDS = {
         _file("report", "the HTML report", default=Path("results/report.html")),
         Arg("out", "output PNG", required=True),
         Arg("chromium", "the Chromium binary Playwright drives", str, default="/usr/bin/chromium"))),
-    "write-config": Command("gpt2.params:write_config", "render config.yaml and schemas/config.schema.yaml from "
-                            "src/gpt2/params.py", (
-        _file("root", "the repository to write into (its config.yaml and schemas/)", required=True),
+    "write-config": Command("gpt2.render:write_config", "render config.yaml, schemas/config.schema.yaml and "
+                            "docs/settings.md from src/gpt2/params.py", (
+        _file("root", "the repository to write into (its config.yaml, schemas/ and docs/)", required=True),
         Arg("check", "only check that the files are up to date", None, default=False,
             options={"action": "store_true"}))),
 }

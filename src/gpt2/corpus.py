@@ -5,7 +5,7 @@ applies patches/*.patch there (site-packages is never touched).
 `build_corpus` renders expanda.cfg, runs `python -m expanda build` with that
 copy first on PYTHONPATH in a throw-away workspace, and moves the corpus files
 into place only once they are all valid. The patches make articles the unit
-(patches/0005-0006) and the vocabulary reproducible (0007); README.md says how.
+(patches/0005-0006) and the vocabulary reproducible (0007); docs/pipeline.md says how.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A setting is one dataclass field: its name, type, default, one line of help
 and its allowed range. Each config section (`dump:`, `corpus:`, ...) is one
 dataclass. Everything else is derived from these declarations:
 
-- `config.yaml` and `schemas/config.schema.yaml` are rendered from them
-  (`python -m gpt2 write-config --root .`; a test checks the committed files),
+- `config.yaml`, `schemas/config.schema.yaml` and `docs/settings.md` are rendered
+  from them (render.py: `python -m gpt2 write-config --root .`; a test checks the
+  committed files),
 - the flags of `python -m gpt2 <command>` (cli.py),
 - the flags the Snakemake rules pass (`cli_flags`),
 - the stage functions take the dataclasses, so no signature repeats a default.
@@ -19,10 +20,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from gpt2 import UserError
@@ -319,7 +318,7 @@ def trajectory_keys(cls: type = TrainParams) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["trajectory"])
 
 
-# --- the JSON schema and config.yaml, rendered ---------------------------------------------
+# --- the JSON schema (config.yaml and docs/settings.md are rendered in render.py) ---------------------------------------------
 
 
 def _json_type(kind: Any) -> dict:
@@ -364,62 +363,3 @@ def config_schema() -> dict:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "description": "Configuration of the GPT-2-on-Wikipedia workflow, rendered from src/gpt2/params.py.",
             "type": "object", "additionalProperties": False, "properties": props}
-
-
-def _yaml_value(value: Any) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        plain = value and value not in ("on", "off", "yes", "no", "true", "false") and all(
-            c.isalnum() or c in "._-/:" for c in value) and not value[0].isdigit()
-        return value if plain else json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _comment(text: str, indent: str = "") -> list[str]:
-    return [f"{indent}# {line.strip()}".rstrip() for line in text.strip().splitlines()]
-
-
-def render_config_yaml() -> str:
-    """config.yaml: every default with its help as a comment."""
-    lines = _comment("Defaults for the whole workflow, rendered from src/gpt2/params.py by "
-                     "`python -m gpt2 write-config --root .`\n(edit the declarations there, not this file). "
-                     "Override any key with --config key=value\nor --configfile my.yaml; "
-                     "schemas/config.schema.yaml lists the ranges.")
-    for name, cls in SECTIONS.items():
-        if name == "train":
-            lines += ["", *_comment("Architectures, picked by the {model} in results/eval_{model}.json.\n"
-                                    "Add your own name with layers/heads/dims (heads must divide dims)."), "models:"]
-            lines += [f"  {m}: {{" + ", ".join(f"{k}: {v}" for k, v in dataclasses.asdict(a).items()) + "}"
-                      for m, a in MODELS.items()]
-        lines += ["", *_comment(cls.__doc__), f"{name}:"]
-        for f in settings(cls, ("both", "config")):
-            entry = f"  {f.name}: {_yaml_value(default(f))}"
-            lines.append(f"{entry:<34} # {f.metadata['help']}")
-    return "\n".join(lines) + "\n"
-
-
-def render_schema_yaml() -> str:
-    import yaml
-
-    head = "# Rendered from src/gpt2/params.py by `python -m gpt2 write-config --root .`; do not edit.\n"
-    return head + yaml.safe_dump(config_schema(), sort_keys=False, width=110, allow_unicode=True)
-
-
-def write_config(root: Path, check: bool) -> None:
-    """Write (or with `check`, compare) config.yaml and the schema under `root`."""
-    files = {Path(root) / "config.yaml": render_config_yaml(),
-             Path(root) / "schemas" / "config.schema.yaml": render_schema_yaml()}
-    for path, text in files.items():
-        if check:
-            if not path.is_file() or path.read_text() != text:
-                raise UserError(f"{path} is out of date with src/gpt2/params.py: "
-                                "run `python -m gpt2 write-config --root .`")
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}", file=sys.stderr)

@@ -1,0 +1,63 @@
+"""What training reports: metrics.csv rows and TensorBoard scalars, and the meter behind their rates."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gpt2.batches import Prefetcher
+    from gpt2.run_state import TrainState
+
+# tokens_per_second, mfu and data_wait are over the wall time since the previous row: evaluation,
+# checkpoints and data loading included. data_wait is the share of it spent waiting for batches.
+METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm", "mfu", "data_wait"]
+
+
+class MetricsLog:
+    """metrics.csv rows and TensorBoard scalars as training goes; on resume, steps past the checkpoint go."""
+
+    SCALARS = {"train_loss": "loss/train", "eval_loss": "loss/valid", "lr": "lr", "tokens_per_second": "tokens_per_s",
+               "grad_norm": "grad_norm", "mfu": "mfu", "data_wait": "data_wait"}
+
+    def __init__(self, path: Path, tensorboard: Path, resume_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = path
+        rows = []
+        if resume_step and path.exists():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, METRICS)
+            writer.writeheader()
+            writer.writerows(rows)
+        # purge_step drops the events a crashed or extended run wrote after its checkpoint.
+        self.board = SummaryWriter(str(tensorboard), purge_step=resume_step + 1 if resume_step else None)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, METRICS).writerow(row)
+        for key, tag in self.SCALARS.items():
+            if row[key] != "":
+                self.board.add_scalar(tag, float(row[key]), row["step"])
+        self.board.flush()
+
+    def close(self) -> None:
+        self.board.close()
+
+
+class Meter:
+    """Wall time, tokens, time spent waiting for batches and train losses from `start` on."""
+
+    def __init__(self, state: TrainState, feed: Prefetcher, start: float | None = None):
+        self.start = time.perf_counter() if start is None else start
+        self.step, self.tokens, self.feed, self.waited = state.step, state.tokens, feed, feed.waited
+        self.losses: list[float] = []
+
+    def rate(self, state: TrainState, now: float) -> tuple[float, float]:
+        """(tokens/s, share of the time spent waiting for batches) up to `now`."""
+        seconds = now - self.start
+        return (state.tokens - self.tokens) / seconds, (self.feed.waited - self.waited) / seconds
