@@ -67,13 +67,12 @@ def model_pair(layers: int, heads: int, dims: int, vocab: int = 8000, seq_len: i
     """This project's GPT and transformers' GPT2LMHeadModel (sdpa) with identical dims, no dropout."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from gpt2.export import hf_config
     from gpt2.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(vocab_size=vocab, seq_len=seq_len, layers=layers, heads=heads, dims=dims, rate=4,
-                         dropout=0.0))
-    config = GPT2Config(vocab_size=vocab, n_positions=seq_len, n_embd=dims, n_layer=layers, n_head=heads,
-                        n_inner=4 * dims, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    hf = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+    shape = GPTConfig(vocab_size=vocab, seq_len=seq_len, layers=layers, heads=heads, dims=dims, mlp_ratio=4,
+                      dropout=0.0)
+    ours = GPT(shape)
+    hf = GPT2LMHeadModel._from_config(GPT2Config(**hf_config(shape)), attn_implementation="sdpa")
     return ours, hf

@@ -28,13 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gpt2 import checkpoint  # noqa: E402
 from gpt2.device import peak_flops  # noqa: E402
 from gpt2.model import GPT, GPTConfig  # noqa: E402
+from gpt2.params import MODELS  # noqa: E402
 
-SIZES = {"small": (12, 12, 768), "medium": (24, 16, 1024), "tiny": (2, 2, 64)}  # layers, heads, dims
+SIZES = {name: (a.layers, a.heads, a.dims) for name, a in MODELS.items()}  # the config's named sizes
 
 
 def ours(size: str, vocab: int, seq: int) -> GPTConfig:
     layers, heads, dims = SIZES[size]
-    return GPTConfig(vocab, seq, layers, heads, dims, rate=4, dropout=0.0)
+    return GPTConfig(vocab, seq, layers, heads, dims, mlp_ratio=4, dropout=0.0)
 
 
 def build(kind: str, size: str, vocab: int, seq: int, device: torch.device) -> torch.nn.Module:
@@ -42,9 +43,9 @@ def build(kind: str, size: str, vocab: int, seq: int, device: torch.device) -> t
         return GPT(ours(size, vocab, seq)).to(device)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    layers, heads, dims = SIZES[size]
-    cfg = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=dims, n_layer=layers, n_head=heads, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    from gpt2.export import hf_config
+
+    cfg = GPT2Config(**hf_config(ours(size, vocab, seq)))
     return GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(device)
 
 

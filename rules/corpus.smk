@@ -64,7 +64,12 @@ else:
         params:
             piece=piece_flags,
             flags=corpus_flags(
-                "min_length", "max_length", "max_page_bytes", "split_sent", "seed", "chunks"
+                "min_length",
+                "max_length",
+                "max_page_bytes",
+                "split_sent",
+                "seed",
+                "chunks",
             ),
         shell:
             "python -m gpt2 extract-chunk --dump {input.dump:q} {params.piece:q} --expanda {input.expanda:q}"

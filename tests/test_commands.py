@@ -145,8 +145,16 @@ def test_generate_is_seeded_and_interactive(corpus):
     greedy = gpt2(*args, "--temperature", "0", "--prompt", "The history of").stdout
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     interactive = subprocess.run([sys.executable, "-m", "gpt2", *args, "--temperature", "0"],
-                                 input="The history of\nexit\n", capture_output=True, text=True, env=env)
-    assert interactive.returncode == 0 and interactive.stdout == greedy
+                                 input="\nThe history of\nexit\n", capture_output=True, text=True, env=env)
+    assert interactive.returncode == 0 and interactive.stdout == greedy  # an empty line asks again
+    # at a terminal: a prompt, an empty line, another prompt, then Ctrl-D ends it cleanly
+    main, terminal = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2", *args, "--temperature", "0"], stdin=terminal,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    os.write(main, b"The history of\n\nThe history of\n\x04")
+    out, err = proc.communicate(timeout=120)
+    os.close(main), os.close(terminal)
+    assert proc.returncode == 0 and "Traceback" not in err and out.count(greedy.strip()) == 2
 
 
 def test_text_corpora_are_sharded_once_and_reused(text_run, corpus):

@@ -42,7 +42,7 @@ def test_windows_predict_every_token_once(n, seq):
 
 def test_stream_nll_equals_token_by_token_scoring():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, seq_len=8, layers=1, heads=2, dims=16, rate=4, dropout=0.0)).eval()
+    model = GPT(GPTConfig(vocab_size=50, seq_len=8, layers=1, heads=2, dims=16, mlp_ratio=4, dropout=0.0)).eval()
     ids = np.random.default_rng(0).integers(0, 50, 27)
     total, count = stream_nll(model, ArrayStream(ids), seq_len=8, batch=2, device=torch.device("cpu"))
     expected = 0.0

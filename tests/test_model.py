@@ -14,7 +14,7 @@ PRESETS = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
 
 def _tiny(**kw) -> GPT:
     torch.manual_seed(0)
-    shape = {"vocab_size": 100, "seq_len": 32, "layers": 2, "heads": 4, "dims": 32, "rate": 4, "dropout": 0.0}
+    shape = {"vocab_size": 100, "seq_len": 32, "layers": 2, "heads": 4, "dims": 32, "mlp_ratio": 4, "dropout": 0.0}
     return GPT(GPTConfig(**{**shape, **kw})).eval()
 
 
@@ -62,7 +62,7 @@ def gpt2_formula(vocab: int, seq: int, layers: int, dims: int) -> int:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_parameter_counts_match_the_gpt2_formula(name):
     arch = PRESETS[name]
-    cfg = GPTConfig(vocab_size=50257, seq_len=1024, rate=4, dropout=0.0, **arch)
+    cfg = GPTConfig(vocab_size=50257, seq_len=1024, mlp_ratio=4, dropout=0.0, **arch)
     with torch.device("meta"):
         model = GPT(cfg)
     counts = model.num_params()
@@ -72,12 +72,12 @@ def test_preset_parameter_counts_match_the_gpt2_formula(name):
 
 def test_gpt2_small_has_its_known_size():
     with torch.device("meta"):
-        model = GPT(GPTConfig(vocab_size=50257, seq_len=1024, rate=4, dropout=0.0, **PRESETS["small"]))
+        model = GPT(GPTConfig(vocab_size=50257, seq_len=1024, mlp_ratio=4, dropout=0.0, **PRESETS["small"]))
     assert model.num_params()["total"] == 124_475_904  # 124M with the vocab padded to 50304
 
 
 def test_output_is_tied_and_residual_init_is_scaled():
-    model = GPT(GPTConfig(vocab_size=1000, seq_len=16, layers=8, heads=4, dims=256, rate=4, dropout=0.0))
+    model = GPT(GPTConfig(vocab_size=1000, seq_len=16, layers=8, heads=4, dims=256, mlp_ratio=4, dropout=0.0))
     assert model.cfg.padded_vocab == 1024
     std = model.blocks[0].attn.proj.weight.std().item()
     assert abs(std - 0.02 / 4) < 0.002  # 1/sqrt(2 * 8 layers)
@@ -87,7 +87,7 @@ def test_output_is_tied_and_residual_init_is_scaled():
 
 def test_heads_must_divide_dims():
     with pytest.raises(ValueError, match="divisible"):
-        GPTConfig(vocab_size=10, seq_len=8, layers=1, dims=100, heads=3, rate=4, dropout=0.0)
+        GPTConfig(vocab_size=10, seq_len=8, layers=1, dims=100, heads=3, mlp_ratio=4, dropout=0.0)
 
 
 def test_nucleus_and_top_k_keep_only_likely_tokens():
@@ -102,7 +102,7 @@ def test_nucleus_and_top_k_keep_only_likely_tokens():
 def test_output_prior_makes_the_untrained_model_predict_it():
     """With init_output_prior the fresh model's mean prediction is the prior, not the uniform distribution."""
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=500, seq_len=32, layers=2, heads=2, dims=64, rate=4, dropout=0.0)
+    cfg = GPTConfig(vocab_size=500, seq_len=32, layers=2, heads=2, dims=64, mlp_ratio=4, dropout=0.0)
     counts = torch.arange(1, 501, dtype=torch.float64) ** 2  # a skewed "unigram"
     prior = (counts / counts.sum()).log().float()
     ids = torch.randint(0, 500, (8, 32))
@@ -117,3 +117,14 @@ def test_output_prior_makes_the_untrained_model_predict_it():
         predicted = logits.float().log_softmax(-1).exp().mean(dim=(0, 1))
         losses[init] = float((prior.exp() * (prior - predicted.log())).sum())  # KL(prior || prediction)
     assert losses[True] < 0.01 < 0.3 < losses[False]
+
+
+def test_checkpoints_that_name_mlp_ratio_rate_still_load(tmp_path):
+    """Checkpoints written before the rename of `rate` (the MLP width multiplier) to `mlp_ratio`."""
+    from gpt2.checkpoint import load_model
+
+    model = _tiny()
+    legacy = {k: v for k, v in model.cfg.to_dict().items() if k != "mlp_ratio"} | {"rate": model.cfg.mlp_ratio}
+    torch.save({"model": model.state_dict(), "model_config": legacy}, tmp_path / "old.pt")
+    loaded, _ = load_model(tmp_path / "old.pt", torch.device("cpu"))
+    assert loaded.cfg == model.cfg

@@ -21,8 +21,8 @@ LOCAL_RULES = {"fetch_dump"}
 
 
 def test_launch_commands_for_gpus_and_nodes():
-    assert launch_command(gpus=0) == launch_command(gpus=1) == "python -m gpt2"
-    assert launch_command(gpus=8) == "torchrun --standalone --nproc_per_node 8 -m gpt2"
+    assert launch_command(gpus=0, nodes=1) == launch_command(gpus=1, nodes=1) == "python -m gpt2"
+    assert launch_command(gpus=8, nodes=1) == "torchrun --standalone --nproc_per_node 8 -m gpt2"
     two_nodes = launch_command(gpus=4, nodes=2)
     assert two_nodes.startswith('export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); ')
     assert ("srun --nodes 2 --ntasks-per-node 1 torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d "

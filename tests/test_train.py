@@ -236,7 +236,7 @@ def test_checkpoints_rotate_by_step_number_not_by_name(tmp_path):
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():
-    model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8, rate=4, dropout=0.0))
+    model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=1, dims=8, mlp_ratio=4, dropout=0.0))
     decay, plain = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decay["params"]} == {

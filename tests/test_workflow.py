@@ -151,8 +151,7 @@ def test_reference_defaults_only_on_request_and_reference_names_as_aliases():
     args = build_parser(REFERENCE_DEFAULTS).parse_args(argv)
     params, arch = settings_from(TrainParams, args), settings_from(Architecture, args)
     for key, value in REFERENCE_DEFAULTS.items():
-        if key != "batch_size":
-            assert getattr(params if hasattr(params, key) else arch, key) == value, key
+        assert getattr(params if hasattr(params, key) else arch, key) == value, key
     aliased = build_parser().parse_args(["train", "--shards", some_file, "--total_steps", "7", "--base_lr", "0.5",
                                          "--batch_train", "2", "--wd_rate", "0", "--eval_steps", "3",
                                          "--save_steps", "4", "--use_amp", "--use_grad_ckpt"])
@@ -161,7 +160,7 @@ def test_reference_defaults_only_on_request_and_reference_names_as_aliases():
             p.grad_ckpt) == (7, 0.5, 2, 0.0, 3, 4, "on", True)
     e = build_parser().parse_args(["evaluate", "--model_path", some_file, "--shards", some_file, "--batch_eval", "5",
                                    "--total_steps", "2", "--use_gpu"])
-    assert (e.batch_size, e.max_batches, e.device) == (5, 2, "cuda")
+    assert (e.batch_eval, e.max_batches, e.device) == (5, 2, "cuda")
 
 
 def test_each_command_function_takes_exactly_what_the_table_declares():
@@ -180,7 +179,7 @@ def test_each_command_function_takes_exactly_what_the_table_declares():
 
 def test_rules_pass_each_setting_under_its_config_name(tmp_path):
     config = {"corpus": {"limit_alphabet": 123}, "shards": {"shard_tokens": 4096},
-              "train": {"steps": 7, "lr": 0.25, "batch_eval": 3, "amp": "off"}, "evaluate": {"batch_size": 5},
+              "train": {"steps": 7, "lr": 0.25, "batch_eval": 3, "amp": "off"}, "evaluate": {"batch_eval": 5},
               "report": {"models": ["tiny"], "sample_tokens": 9}}
     proc = snakemake(tmp_path, "report_all", config=config, extra=("-n", "-p", "--forceall"))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -192,7 +191,7 @@ def test_rules_pass_each_setting_under_its_config_name(tmp_path):
     train = command("train")
     assert all(f in train for f in ("--steps=7", "--lr=0.25", "--batch_eval=3", "--amp=off", "--layers=2"))
     assert "--mem_mb" not in train and "--nodes" not in train  # scheduler settings stay with the scheduler
-    assert "--batch_size=5" in command("evaluate") and "--amp=off" in command("evaluate")
+    assert "--batch_eval=5" in command("evaluate") and "--amp=off" in command("evaluate")
     assert "--sample_tokens=9" in command("samples")
 
 

@@ -54,7 +54,7 @@ def save(state: dict, path: str | Path) -> None:
 def load_model(path: str | Path, device: torch.device, label: str = "") -> tuple[GPT, dict]:
     """The model of a model.pt or checkpoint on `device`, and the whole saved state."""
     state = load(path, label)
-    model = GPT(GPTConfig(**state["model_config"]))
+    model = GPT(GPTConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device), state
 

@@ -212,7 +212,7 @@ COMMANDS = {
 }
 
 # The dims evaluate/generate may name; the checkpoint's own are used, and must match.
-CHECKED = ("seq_len", "layers", "heads", "dims", "rate")
+CHECKED = ("seq_len", "layers", "heads", "dims", "mlp_ratio")
 
 
 # --- building the parser -----------------------------------------------------------

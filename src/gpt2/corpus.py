@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from gpt2 import UserError
-from gpt2.dump import SUPPORTED_LANGS
+from gpt2.articles import HEADER, article_row, read_articles
+from gpt2.dump import check_language
 from gpt2.files import atomic_dir, atomic_path, file_digest
 from gpt2.params import CorpusParams
 from gpt2.vocab import BOS, EOS, PAD, SPECIALS, UNK
@@ -307,9 +308,7 @@ def _dump_language(dump: Path, header_end: int | None) -> str:
     if match is None:
         raise UserError(f"{dump}: no <mediawiki xml:lang=...> header; is this a pages-articles dump?")
     lang = match[1].decode()
-    if lang not in SUPPORTED_LANGS:
-        raise UserError(f"{dump}: language {lang!r} is not supported by expanda "
-                        f"(supported: {', '.join(SUPPORTED_LANGS)})")
+    check_language(lang, dump)
     return lang
 
 
@@ -371,14 +370,6 @@ def _header(line: bytes) -> tuple[int, str]:
     """(page id, title) of an article's header line: `<ARTICLE_MARK><page id>\t<title>`."""
     page_id, title = line[len(ARTICLE_MARK):].decode("utf-8").rstrip("\n").split("\t", 1)
     return int(page_id), title
-
-
-def _bucket_rows(bucket: Path):
-    """(split, lines, row) of each article in a gather-bucket folder's articles.tsv, in corpus order."""
-    with open(Path(bucket) / "articles.tsv", "rb") as tsv:
-        for row in tsv:
-            split, *_, lines = row.rstrip(b"\n").split(b"\t")
-            yield split.decode(), int(lines), row
 
 
 def _articles(path: Path):
@@ -493,7 +484,7 @@ def gather_bucket(extracted: list[Path], bucket: int, out: Path, params: CorpusP
         with OpenFiles(files) as handles:
             for _, page_id, title, number, offset, lines in index:
                 split = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
-                tsv.write(f"{split}\t{page_id}\t{title}\t{lines}\n")
+                tsv.write(article_row(split, page_id, title, lines))
                 fh = handles.get(number)
                 fh.seek(offset)
                 raw.writelines(fh.readline() for _ in range(lines))
@@ -508,9 +499,9 @@ def _train_head(buckets: list[Path], dest: Path, limit: int) -> int:
     with open(dest, "wb") as out:
         for bucket in buckets:
             with open(Path(bucket) / "raw.txt", "rb") as raw:
-                for split, lines, _ in _bucket_rows(bucket):
-                    block = b"".join(raw.readline() for _ in range(lines))
-                    if split == "train":
+                for article in read_articles(Path(bucket) / "articles.tsv"):
+                    block = b"".join(raw.readline() for _ in range(article.lines))
+                    if article.split == "train":
                         out.write(block)
                         written += len(block)
                     if written >= limit:
@@ -557,7 +548,7 @@ def gather_corpus(listing: Path, extracted: list[Path], buckets: list[Path], tok
     with contextlib.ExitStack() as stack:
         tmp = {name: stack.enter_context(atomic_path(out / name)) for name in names}
         files = {name: stack.enter_context(open(path, "wb")) for name, path in tmp.items()}
-        files[ARTICLES].write(b"split\tpage_id\ttitle\tlines\n")
+        files[ARTICLES].write(HEADER)
         for bucket, token_file in zip(buckets, tokens):
             _append_bucket(Path(bucket), Path(token_file), files, counts)
     stats = [json.loads((Path(c) / "stats.json").read_text()) for c in extracted]
@@ -573,10 +564,11 @@ def gather_corpus(listing: Path, extracted: list[Path], buckets: list[Path], tok
 
 def _append_bucket(bucket: Path, token_file: Path, files: dict, counts: dict) -> None:
     with open(bucket / "raw.txt", "rb") as raw, open(token_file, "rb") as tokens:
-        for split, n, row in _bucket_rows(bucket):
+        for article in read_articles(bucket / "articles.tsv"):
+            n = article.lines
             files["corpus.raw.txt"].writelines(raw.readline() for _ in range(n))
-            files[f"corpus.{split}.txt"].writelines(tokens.readline() for _ in range(n))
-            files[ARTICLES].write(row)
-            counts[f"corpus.{split}.txt"] += n
+            files[f"corpus.{article.split}.txt"].writelines(tokens.readline() for _ in range(n))
+            files[ARTICLES].write(article.row)
+            counts[f"corpus.{article.split}.txt"] += n
             counts["corpus.raw.txt"] += n
             counts[ARTICLES] += 1

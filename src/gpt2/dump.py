@@ -299,10 +299,15 @@ def inspect_dump(path: Path) -> dict:
     if info["articles"] == 0:
         raise UserError(f"{path}: no main-namespace articles among {info['pages']} pages; "
                         "use a pages-articles dump")
-    if info["lang"] not in SUPPORTED_LANGS:
-        raise UserError(f"{path}: language {info['lang']!r} is not supported by expanda "
-                        f"(supported: {', '.join(SUPPORTED_LANGS)})")
+    check_language(info["lang"], path)
     return info
+
+
+def check_language(lang: str, path: Path) -> None:
+    """expanda splits sentences in English (Punkt) and Korean (kss) only."""
+    if lang not in SUPPORTED_LANGS:
+        raise UserError(f"{path}: language {lang!r} is not supported by expanda "
+                        f"(supported: {', '.join(SUPPORTED_LANGS)})")
 
 
 def _scan_export(fh) -> dict:

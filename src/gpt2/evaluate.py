@@ -84,8 +84,8 @@ def versions() -> dict[str, str]:
             "expanda": version("expanda")}
 
 
-def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, test_bytes: int | None, batch_size: int,
-             device: torch.device, bf16: bool, max_batches: int = 0) -> dict:
+def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, test_bytes: int | None, batch_eval: int,
+             device: torch.device, bf16: bool, max_batches: int) -> dict:
     """Loss, perplexity, bits per token and per byte of `model` on `test`; the unigram floor from `train`.
 
     Bits per byte divide the total NLL in bits by the UTF-8 bytes of the test
@@ -94,9 +94,9 @@ def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, test_byte
     Without `train` the unigram keys are None.
     """
     seq_len = model.cfg.seq_len
-    limit = max_batches * batch_size * seq_len + 1 if max_batches > 0 else None
+    limit = max_batches * batch_eval * seq_len + 1 if max_batches > 0 else None
     started = time.perf_counter()
-    nll, count = stream_nll(model, test, seq_len, batch_size, device, limit=limit, progress=True, bf16=bf16)
+    nll, count = stream_nll(model, test, seq_len, batch_eval, device, limit=limit, progress=True, bf16=bf16)
     seconds = time.perf_counter() - started
     uni = None
     if train is not None:
@@ -143,7 +143,7 @@ def evaluate_command(model_path: Path, output: Path | None, name: str, shards: P
         if test.manifest["vocab_size"] != model.cfg.vocab_size:
             raise UserError(f"{model_path}: model vocabulary {model.cfg.vocab_size} != the test data's "
                             f"{test.manifest['vocab_size']}; pass the vocab.txt the model was trained with")
-        numbers = evaluate(model, test, train, test_bytes, params.batch_size, dev, bf16, params.max_batches)
+        numbers = evaluate(model, test, train, test_bytes, params.batch_eval, dev, bf16, params.max_batches)
     cfg = model.cfg
     report = {"model": name or Path(model_path).parent.name, "params": model.num_params(), "layers": cfg.layers,
               "heads": cfg.heads, "dims": cfg.dims, "seq_len": cfg.seq_len, "vocab_size": cfg.vocab_size,

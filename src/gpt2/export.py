@@ -19,7 +19,7 @@ import yaml
 
 from gpt2.checkpoint import load_model
 from gpt2.files import atomic_dir
-from gpt2.model import GPT
+from gpt2.model import GPT, GPTConfig
 from gpt2.vocab import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK, load_tokenizer
 
 
@@ -40,11 +40,11 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_config(model: GPT) -> dict:
-    cfg = model.cfg
+def hf_config(cfg: GPTConfig) -> dict:
+    """transformers' GPT2Config keywords for our shape: the one mapping of our config onto theirs."""
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.padded_vocab,
             "n_positions": cfg.seq_len, "n_embd": cfg.dims, "n_layer": cfg.layers, "n_head": cfg.heads,
-            "n_inner": cfg.rate * cfg.dims, "activation_function": "gelu_new",  # tanh GELU, as ours
+            "n_inner": cfg.mlp_ratio * cfg.dims, "activation_function": "gelu_new",  # tanh GELU, as ours
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
             "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True,
             "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
@@ -111,7 +111,7 @@ def export_hf(model_path: Path, vocab_path: Path, out: Path, evaluation: Path | 
 
     model, state = load_model(model_path, torch.device("cpu"))
     tokenizer = load_tokenizer(vocab_path)
-    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model)))
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.cfg)))
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
     # Only buffers HF recomputes (attention masks) and the tied lm_head may be absent.
     if unexpected or any(not (k.endswith(".attn.bias") or k.endswith(".masked_bias") or k == "lm_head.weight")

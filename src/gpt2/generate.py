@@ -28,9 +28,16 @@ def complete(model: GPT, tokenizer, prompt: str, sampling: SampleParams, seed: i
 
 
 def _typed_prompts() -> Iterator[str]:
-    """Prompts typed at a terminal (or piped in), one a line, until `exit`, `quit` or the end of input."""
+    """Prompts typed at a terminal (or piped in), one a line, until `exit`, `quit` or the end of input
+    (Ctrl-D); an empty line asks again."""
     interactive = sys.stdin.isatty()
-    for line in iter(lambda: input(">> ") if interactive else sys.stdin.readline(), ""):
+    while True:
+        try:
+            line = input(">> ") if interactive else sys.stdin.readline()
+        except EOFError:  # Ctrl-D at the prompt
+            return
+        if not interactive and not line:
+            return  # the end of piped input
         prompt = line.strip()
         if prompt in ("exit", "quit"):
             return

@@ -10,7 +10,7 @@ from pathlib import Path
 from gpt2 import UserError
 
 
-def launch_command(gpus: int, nodes: int = 1, port: int = 29500) -> str:
+def launch_command(gpus: int, nodes: int, port: int = 29500) -> str:
     """The shell prefix that runs `<prefix> train ...` on `nodes` x `gpus` processes.
 
     One process: plain python. One node: torchrun --standalone. Several nodes

@@ -26,7 +26,7 @@ class GPTConfig:
     layers: int
     heads: int
     dims: int
-    rate: int  # MLP hidden size = rate * dims
+    mlp_ratio: int  # MLP hidden size = mlp_ratio * dims
     dropout: float
     pad_vocab_to: int = 64  # embedding rows padded for fast matmuls; logits are sliced back
 
@@ -40,6 +40,14 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "GPTConfig":
+        """The shape a checkpoint saved; checkpoints written before the rename name mlp_ratio `rate`."""
+        saved = dict(saved)
+        if "rate" in saved:
+            saved["mlp_ratio"] = saved.pop("rate")
+        return cls(**saved)
 
 
 class SelfAttention(nn.Module):
@@ -66,8 +74,8 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.dims, cfg.rate * cfg.dims)
-        self.proj = nn.Linear(cfg.rate * cfg.dims, cfg.dims)
+        self.fc = nn.Linear(cfg.dims, cfg.mlp_ratio * cfg.dims)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.dims, cfg.dims)
         self.proj.residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

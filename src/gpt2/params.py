@@ -164,7 +164,7 @@ class TrainParams(Hardware):
     2-core CPU within `make run`'s ten minutes; on GPUs raise steps/batch_tokens."""
 
     seq_len: int = param(128, "context length in tokens", minimum=2, maximum=65536)
-    rate: int = param(4, "MLP width = rate x dims", minimum=1)
+    mlp_ratio: int = param(4, "MLP hidden width as a multiple of dims (GPT-2: 4)", minimum=1, aliases=("--rate",))
     dropout: float = param(0.0, "dropout rate", minimum=0, below=1)
     steps: int = param(100, "optimizer steps in total", minimum=1, aliases=("--total_steps",), trajectory=True)
     batch_tokens: int = param(512, "global batch per optimizer step in tokens, a multiple of micro_batch x seq_len "
@@ -208,7 +208,8 @@ class EvaluateParams:
     checkpoint: Literal["final", "best"] = param("final", "the model the test split scores: final (model.pt) or "
                                                           "best (best.pt, the lowest validation loss)",
                                                  where="config")
-    batch_size: int = param(16, "sequences per forward pass", minimum=1, aliases=("--batch_eval",))
+    batch_eval: int = param(16, "sequences per forward pass (train.batch_eval is its periodic evaluation's)",
+                            minimum=1, aliases=("--batch_size",))
     max_batches: int = param(0, "score only the first N batches (0 or less: the whole test split)",
                              aliases=("--total_steps",), where="cli")
 
@@ -244,7 +245,7 @@ SECTIONS: dict[str, type] = {"dump": DumpParams, "corpus": CorpusParams, "shards
 # batch_tokens 0: the reference has no gradient accumulation.
 REFERENCE_DEFAULTS = {"seq_len": 64, "layers": 12, "heads": 16, "dims": 1024, "dropout": 0.1, "micro_batch": 64,
                       "batch_tokens": 0, "batch_eval": 64, "lr": 1e-4, "weight_decay": 1e-2, "steps": 1_000_000,
-                      "eval_every": 500, "checkpoint_every": 1000, "batch_size": 64, "init_prior": False}
+                      "eval_every": 500, "checkpoint_every": 1000, "init_prior": False}
 
 
 # --- reading the declarations ----------------------------------------------------

@@ -189,7 +189,8 @@ def _check_same_run(saved: dict, run: Run) -> bool:
     """The checkpoint continues this run; True when it is a finished run that more steps extend."""
     before, steps = saved["train_config"]["steps"], run.params.steps
     diffs = [k for k in trajectory_keys() if k != "steps" and saved["train_config"].get(k) != getattr(run.params, k)]
-    diffs += [k for k, v in run.model_cfg.to_dict().items() if saved["model_config"].get(k) != v]
+    shape = GPTConfig.from_dict(saved["model_config"]).to_dict()
+    diffs += [k for k, v in run.model_cfg.to_dict().items() if shape[k] != v]
     if diffs:
         raise UserError(f"checkpoints in {run.outputs.checkpoints} come from a run with other {', '.join(diffs)}; "
                         "restore those settings to resume, or delete the folder to start over")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import csv
 import fcntl
 import itertools
 import json
@@ -29,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2 import UserError
+from gpt2.articles import read_articles
 from gpt2.files import atomic_dir, file_digest, link_or_copy
 from gpt2.params import ShardsParams
 from gpt2.vocab import EOS_ID, SPECIALS, UNK_ID, load_tokenizer, load_vocab
@@ -91,9 +91,7 @@ def encode_documents(docs: list[Document], vocab: dict[str, int]) -> tuple[np.nd
 
 def article_sizes(articles: Path, split: str) -> list[int]:
     """Lines of each article of `split`, in corpus order, from expanda's corpus.articles.tsv."""
-    with open(articles, encoding="utf-8", newline="") as fh:
-        return [int(row["lines"]) for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-                if row["split"] == split]
+    return [a.lines for a in read_articles(articles) if a.split == split]
 
 
 def documents(tokens: IO[str], raw: IO[bytes] | None, sizes: list[int] | None,
@@ -340,10 +338,8 @@ def shard_bucket(bucket: Path, tokens: Path, vocab_path: Path, out: Path, params
     started = time.perf_counter()
     vocab = load_vocab(vocab_path)
     sizes: dict[str, list[int]] = {name: [] for name in SPLITS}
-    with open(Path(bucket) / "articles.tsv", encoding="utf-8") as tsv:
-        for row in tsv:
-            split, *_, lines = row.rstrip("\n").split("\t")
-            sizes[split].append(int(lines))
+    for article in read_articles(Path(bucket) / "articles.tsv"):
+        sizes[article.split].append(article.lines)
     present = [name for name in SPLITS if sizes[name]]
     with atomic_dir(out, "shard-bucket") as staging, open(tokens, encoding="utf-8") as token_fh, \
             open(Path(bucket) / "raw.txt", "rb") as raw:

@@ -230,10 +230,11 @@ def _land_checkpoints(writer: checkpoint.Writer) -> None:
 
 
 def model_config(shards: Path, arch: Architecture, params: TrainParams) -> GPTConfig:
-    """The model's shape: the architecture, seq_len/rate/dropout of the training settings, the shards' vocabulary."""
+    """The model's shape, joined here only: the architecture, seq_len/mlp_ratio/dropout of the training settings,
+    the shards' vocabulary."""
     vocab_size = json.loads(Path(shards).read_text())["vocab_size"]
     try:
-        return GPTConfig(vocab_size, params.seq_len, arch.layers, arch.heads, arch.dims, params.rate, params.dropout)
+        return GPTConfig(vocab_size, params.seq_len, arch.layers, arch.heads, arch.dims, params.mlp_ratio, params.dropout)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
