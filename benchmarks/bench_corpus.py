@@ -64,7 +64,7 @@ def build(times: int, root: Path, chunks: int) -> tuple[list[dict], dict]:
     xml_mb = len(bz2.decompress(data.read_bytes())) / 1e6
     runs = {"one job": (f"dump: {{source: path, path: {data}}}\n", "path"),
             "scatter-gather": (f"dump: {{source: wiki, wiki: simplewiki, date: '{DATE}', mirror: {mirror}}}\n"
-                               f"corpus: {{chunks: {chunks}, threads: 1}}\n", "wiki")}
+                               f"corpus: {{extract_jobs: {chunks}, buckets: {chunks}, threads: 1}}\n", "wiki")}
     rows, totals = [], {"dump": f"{times}x", "bz2 MB": data.stat().st_size / 1e6, "XML MB": xml_mb}
     for label, (config, _) in runs.items():
         work = root / f"{label.replace(' ', '-')}-{times}"
@@ -101,7 +101,7 @@ def peers(root: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--times", type=int, nargs="+", default=[1, 8, 32], help="dump sizes, in samples")
-    parser.add_argument("--chunks", type=int, default=4, help="corpus.chunks of the scatter-gather runs")
+    parser.add_argument("--chunks", type=int, default=4, help="corpus.extract_jobs and corpus.buckets of the scatter-gather runs")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-corpus-"))
     rows, totals = [], []

@@ -51,7 +51,7 @@ WIKI = config["dump"]["source"] == "wiki"
 WIKI_DIR = f"resources/dumps/{DUMP_NAME}"
 if WIKI:
     DUMP_INFO = f"{WIKI_DIR}/dump.json"
-BUCKETS = [f"results/wiki/buckets/{b}" for b in range(config["corpus"]["chunks"])]
+BUCKETS = [f"results/wiki/buckets/{b}" for b in range(config["corpus"]["buckets"])]
 # Unit article: expanda's sidecar says which article each block of lines came from.
 ARTICLES = (
     {"articles": "results/corpus/corpus.articles.tsv"}
@@ -93,7 +93,7 @@ def wiki_pieces():
     from gpt2.corpus import plan_pieces
 
     listing = checkpoints.list_dump.get().output[0]
-    return plan_pieces(listing, config["corpus"]["chunks"])
+    return plan_pieces(listing, config["corpus"]["extract_jobs"])
 
 
 def extracted_dirs(wildcards=None):

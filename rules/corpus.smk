@@ -69,7 +69,7 @@ else:
                 "max_page_bytes",
                 "split_sent",
                 "seed",
-                "chunks",
+                "buckets",
             ),
         shell:
             "python -m gpt2 extract-chunk --dump {input.dump:q} {params.piece:q} --expanda {input.expanda:q}"
@@ -90,7 +90,7 @@ else:
         conda:
             "../envs/corpus.yaml"
         params:
-            flags=corpus_flags("split_ratio", "valid_ratio", "seed", "chunks"),
+            flags=corpus_flags("split_ratio", "valid_ratio", "seed", "buckets"),
         shell:
             "python -m gpt2 gather-bucket --extracted {input:q} --bucket {wildcards.bucket:q} --out {output:q}"
             " {params.flags:q} 2> {log:q}"
@@ -113,7 +113,7 @@ else:
                 "vocab_size", "limit_alphabet", "subset_size", "input_vocab"
             ),
         shell:
-            "python -m gpt2 train-vocab --buckets {input.buckets:q} --expanda {input.expanda:q} --out {output:q}"
+            "python -m gpt2 train-vocab --bucket_dirs {input.buckets:q} --expanda {input.expanda:q} --out {output:q}"
             " {params.flags:q} 2> {log:q}"
 
     rule tokenize_bucket:
@@ -156,5 +156,5 @@ else:
             "../envs/corpus.yaml"
         shell:
             "python -m gpt2 gather-corpus --listing {input.listing:q} --extracted {input.extracted:q}"
-            " --buckets {input.buckets:q} --tokens {input.tokens:q} --out results/corpus --info {output.info:q}"
+            " --bucket_dirs {input.buckets:q} --tokens {input.tokens:q} --out results/corpus --info {output.info:q}"
             " 2> {log:q}"

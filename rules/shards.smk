@@ -76,6 +76,6 @@ else:
         params:
             flags=cli_flags(ShardsParams, config["shards"]),
         shell:
-            "python -m gpt2 gather-shards --buckets {input.buckets:q} --vocab_path {input.vocab:q}"
+            "python -m gpt2 gather-shards --bucket_dirs {input.buckets:q} --vocab_path {input.vocab:q}"
             " --train_corpus {input.train:q} --valid_corpus {input.valid:q} --test_corpus {input.test:q}"
             " --out results/shards {params.flags:q} 2> {log:q}"

@@ -325,8 +325,9 @@ WIKI_DATE = "20260101"
 
 
 def _wiki_config(mirror: str, chunks: int) -> dict:
+    """`chunks` extraction pieces and as many buckets."""
     return {"dump": {"source": "wiki", "wiki": "enwiki", "date": "latest", "mirror": mirror},
-            "corpus": {"chunks": chunks, "threads": 1}}
+            "corpus": {"extract_jobs": chunks, "buckets": chunks, "threads": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -444,20 +445,20 @@ def test_a_damaged_index_is_one_line_naming_the_file_and_line(tmp_path, lines, m
 
 
 @pytest.mark.reliability
-def test_chunks_at_its_maximum_stays_within_the_open_files_limit(tmp_path):
-    """corpus.chunks = 4096 buckets scattered and gathered with a soft limit of 64 open files."""
+def test_buckets_at_their_maximum_stay_within_the_open_files_limit(tmp_path):
+    """corpus.buckets = 4096 buckets scattered and gathered with a soft limit of 64 open files."""
     import resource
 
     from gpt2.corpus import ARTICLE_MARK, OpenFiles, scatter
 
-    chunks = CorpusParams.__dataclass_fields__["chunks"].metadata["maximum"]
+    chunks = CorpusParams.__dataclass_fields__["buckets"].metadata["maximum"]
     text = tmp_path / "extracted.txt"
     text.write_bytes(b"".join(ARTICLE_MARK + f"{i}\tT{i}\n".encode() + f"Sentence {i}.\n".encode()
                               for i in range(1, 5001)))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
     try:
-        stats = scatter(text, tmp_path, CorpusParams(chunks=chunks))
+        stats = scatter(text, tmp_path, CorpusParams(buckets=chunks))
         files = [tmp_path / f"{b}.txt" for b in range(chunks)]
         with OpenFiles(files, limit=32) as handles:
             heads = [handles.get(b).readline() for b in range(chunks)]

@@ -210,7 +210,7 @@ def test_a_wrong_sha1_fails_that_part_alone(tmp_path):
     status["jobs"]["articlesmultistreamdump"]["files"][bad]["sha1"] = "0" * 40
     files["dumpstatus.json"] = json.dumps(status).encode()
     config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": WIKI_DATE, "mirror": ""},
-              "corpus": {"chunks": 3, "threads": 1}}
+              "corpus": {"extract_jobs": 3, "buckets": 3, "threads": 1}}
     for server in serve({f"/enwiki/{WIKI_DATE}/{name}": data for name, data in files.items()}):
         config["dump"]["mirror"] = server.base
         proc = snakemake(tmp_path, "results/corpus/corpus.raw.txt", config=config, extra=("--keep-going",))
@@ -343,7 +343,7 @@ def test_a_mirror_listing_a_foreign_name_is_refused_whole(tmp_path, name):
     work = tmp_path / "work"
     work.mkdir()
     config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": WIKI_DATE, "mirror": str(mirror)},
-              "corpus": {"chunks": 3, "threads": 1}}
+              "corpus": {"extract_jobs": 3, "buckets": 3, "threads": 1}}
     proc = snakemake(work, "results/corpus/corpus.raw.txt", config=config)
     assert proc.returncode != 0 and not (work / "PWNED").exists() and not (tmp_path / "PWNED").exists()
     error = (work / "results/logs/list_dump.log").read_text().strip().splitlines()[-1]

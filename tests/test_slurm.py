@@ -91,7 +91,7 @@ def test_whole_pipeline_runs_as_slurm_jobs(cluster, tmp_path):
 def test_a_three_part_wiki_is_built_by_slurm_jobs(cluster, tmp_path):
     """Fetches stay on the login node; every extraction and gather job is a SLURM job."""
     files = three_part_dump("enwiki", "20260101")
-    config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": "20260101"}, "corpus": {"chunks": 3}}
+    config = {"dump": {"source": "wiki", "wiki": "enwiki", "date": "20260101"}, "corpus": {"extract_jobs": 3, "buckets": 3}}
     for server in serve({f"/enwiki/20260101/{name}": data for name, data in files.items()}):
         config["dump"]["mirror"] = server.base
         proc = snakemake(tmp_path, "results/corpus/corpus.raw.txt", config=config, extra=PROFILE, env=cluster)

@@ -93,7 +93,7 @@ CORPUS_SPLITS = (_file("train_corpus", "expanda's corpus.train.txt", required=Tr
 LISTING = _file("listing", "the file list of list-dump", required=True)
 EXPANDA = _file("expanda", "the patched expanda folder", required=True)
 EXTRACTED = _file("extracted", "extract-chunk folders, in file and piece order", required=True, options={"nargs": "+"})
-BUCKETS = _file("buckets", "gather-bucket folders, in bucket order", required=True, options={"nargs": "+"})
+BUCKETS = _file("bucket_dirs", "gather-bucket folders, in bucket order", required=True, options={"nargs": "+"})
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ COMMANDS = {
         LISTING, Arg("file", "the file's name in the listing", str, required=True),
         Arg("out", "where the file goes", required=True)), (DumpParams,)),
     "extract-chunk": Command("gpt2.corpus:extract_chunk", "source wiki: expanda's extraction of one piece of a "
-                             "file, its articles scattered over corpus.chunks buckets", (
+                             "file, its articles scattered over corpus.buckets buckets", (
         _file("dump", "a pages-articles-multistream .xml.bz2 file", required=True),
         _file("index", "its multistream index (needed for --pieces > 1)"),
         Arg("piece", "which piece, from 0", int, required=True),
@@ -151,7 +151,7 @@ COMMANDS = {
         Arg("out", "folder for the bucket's shards and splits.json", required=True)), (ShardsParams,)),
     "gather-shards": Command("gpt2.shards:gather_shards", "source wiki: the buckets' shards -> one shards folder "
                              "+ manifest.json", (
-        _file("buckets", "shard-bucket folders, in bucket order", required=True, options={"nargs": "+"}),
+        _file("bucket_dirs", "shard-bucket folders, in bucket order", required=True, options={"nargs": "+"}),
         NEEDS_VOCAB, *CORPUS_SPLITS, Arg("out", "folder for train/, valid/, test/ and manifest.json",
                                          required=True)), (ShardsParams,)),
     "train": Command("gpt2.train:train_command", "train (or resume) a GPT-2; re-running the same command resumes "

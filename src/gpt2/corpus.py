@@ -200,7 +200,7 @@ def _count_lines(path: Path) -> int:
 # --- whole wikis: one extraction job per file or piece, then gather jobs ------------------
 #
 # extract_chunk  one piece of one multistream file -> expanda's Wikipedia extension -> its
-#                articles scattered over `corpus.chunks` buckets by a seeded hash of the page id
+#                articles scattered over `corpus.buckets` buckets by a seeded hash of the page id
 # gather_bucket  one bucket from every piece, its articles sorted by that hash; the global rank
 #                (from the pieces' counts) puts each article in test, valid or train
 # train_vocab    expanda's WordPiece training on the head of the train articles
@@ -209,7 +209,7 @@ def _count_lines(path: Path) -> int:
 #
 # The order of articles is their hash order, so it depends on the dump and corpus.seed only:
 # not on parts, pieces, buckets or the order the jobs ran in. No job holds more than one
-# article's text; gather_bucket holds one bucket's index (~1/chunks of the articles).
+# article's text; gather_bucket holds one bucket's index (~1/buckets of the articles).
 
 FOOTER = bz2.compress(b"</mediawiki>\n")  # closes a piece cut before the dump's last stream
 PROGRESS_S = 10.0
@@ -240,11 +240,11 @@ def stream_offsets(index: Path, size: int) -> list[int]:
     return offsets
 
 
-def plan_pieces(listing: Path, chunks: int) -> list[tuple[str, str, int, int]]:
+def plan_pieces(listing: Path, pieces: int) -> list[tuple[str, str, int, int]]:
     """(file, its index, piece, pieces) of each extraction job: every file of the listing cut into
-    ceil(chunks / files) pieces (one where the dump publishes no index for it)."""
+    ceil(pieces / files) pieces (one where the dump publishes no index for it)."""
     parts = json.loads(Path(listing).read_text())["parts"]
-    per_file = math.ceil(chunks / len(parts))
+    per_file = math.ceil(pieces / len(parts))
     plan = []
     for part in parts:
         pieces = per_file if part["index"] else 1
@@ -394,16 +394,16 @@ def scatter(text: Path, out: Path, params: CorpusParams) -> dict:
     """Append each article with sentences to bucket file `<bucket>.txt` in `out`; return the counts.
 
     Articles are buffered per bucket and appended a bucket file at a time, so one file is open at
-    once whatever corpus.chunks is (thousands of open buckets would pass the open-files limit)."""
-    buffers = [bytearray() for _ in range(params.chunks)]
-    counts = [0] * params.chunks
+    once whatever corpus.buckets is (thousands of open buckets would pass the open-files limit)."""
+    buffers = [bytearray() for _ in range(params.buckets)]
+    counts = [0] * params.buckets
     articles = sentences = held = 0
-    for b in range(params.chunks):
+    for b in range(params.buckets):
         (out / f"{b}.txt").touch()
     for page_id, title, lines in _articles(text):
         if not lines:
             continue  # as in a one-job build: an article without sentences is dropped
-        b = article_key(params.seed, page_id) * params.chunks >> 64
+        b = article_key(params.seed, page_id) * params.buckets >> 64
         block = ARTICLE_MARK + f"{page_id}\t{title}\n".encode("utf-8") + b"".join(lines)
         buffers[b] += block
         counts[b] += 1
@@ -509,7 +509,7 @@ def _train_head(buckets: list[Path], dest: Path, limit: int) -> int:
     return written
 
 
-def train_vocab(buckets: list[Path], expanda: Path, out: Path, params: CorpusParams) -> None:
+def train_vocab(bucket_dirs: list[Path], expanda: Path, out: Path, params: CorpusParams) -> None:
     """WordPiece (expanda's trainer, patched) on the first corpus.subset_size bytes of train articles."""
     _import_patched(expanda)
     from expanda.tokenization import train_tokenizer
@@ -521,7 +521,7 @@ def train_vocab(buckets: list[Path], expanda: Path, out: Path, params: CorpusPar
         work = Path(tempfile.mkdtemp(prefix=".vocab.", dir=Path(out).parent))
         try:
             head = work / "head.txt"
-            size = _train_head(buckets, head, params.subset_size)
+            size = _train_head(bucket_dirs, head, params.subset_size)
             print(f"training WordPiece on {size / 1e6:,.1f} MB of train articles", file=sys.stderr)
             train_tokenizer(str(head), str(work / "vocab.txt"), str(work), params.subset_size, params.vocab_size,
                             params.limit_alphabet, UNK, [BOS, EOS, PAD])
@@ -539,7 +539,7 @@ def tokenize_bucket(bucket: Path, vocab: Path, expanda: Path, out: Path) -> None
         tokenize_corpus(str(Path(bucket) / "raw.txt"), str(tmp), str(vocab), UNK, [BOS, EOS, PAD])
 
 
-def gather_corpus(listing: Path, extracted: list[Path], buckets: list[Path], tokens: list[Path], out: Path,
+def gather_corpus(listing: Path, extracted: list[Path], bucket_dirs: list[Path], tokens: list[Path], out: Path,
                   info: Path) -> dict:
     """The buckets in order into `out`'s corpus files (not vocab.txt) and the dump's sidecar `info`."""
     out = Path(out)
@@ -549,7 +549,7 @@ def gather_corpus(listing: Path, extracted: list[Path], buckets: list[Path], tok
         tmp = {name: stack.enter_context(atomic_path(out / name)) for name in names}
         files = {name: stack.enter_context(open(path, "wb")) for name, path in tmp.items()}
         files[ARTICLES].write(HEADER)
-        for bucket, token_file in zip(buckets, tokens):
+        for bucket, token_file in zip(bucket_dirs, tokens):
             _append_bucket(Path(bucket), Path(token_file), files, counts)
     stats = [json.loads((Path(c) / "stats.json").read_text()) for c in extracted]
     meta = json.loads(Path(listing).read_text())

@@ -115,9 +115,10 @@ class CorpusParams:
     seed: int = param(0, "seeds expanda's shuffle: the same dump gives the same corpus", minimum=0)
     threads: int = param(2, "expanda worker processes (capped by --cores); source wiki: per extraction job",
                          minimum=1, maximum=256)
-    chunks: int = param(16, "source wiki: extraction jobs to aim for (each file is cut into ceil(chunks / files) "
-                            "pieces at its bz2 streams) and shuffle buckets; a gather job holds ~1/chunks of the "
-                            "articles' index", minimum=1, maximum=4096)
+    extract_jobs: int = param(16, "source wiki: extraction jobs to aim for: each file is cut into "
+                                  "ceil(extract_jobs / files) pieces at its bz2 streams", minimum=1, maximum=4096)
+    buckets: int = param(16, "source wiki: shuffle buckets, one gather, tokenizing and sharding job each; a gather "
+                             "job holds ~1/buckets of the articles' index", minimum=1, maximum=4096)
 
 
 @dataclass(frozen=True)

@@ -353,7 +353,7 @@ def shard_bucket(bucket: Path, tokens: Path, vocab_path: Path, out: Path, params
     return splits
 
 
-def gather_shards(buckets: list[Path], vocab_path: Path, train_corpus: Path, valid_corpus: Path, test_corpus: Path,
+def gather_shards(bucket_dirs: list[Path], vocab_path: Path, train_corpus: Path, valid_corpus: Path, test_corpus: Path,
                   out: Path, params: ShardsParams) -> dict:
     """The buckets' shards, in bucket order, as one shards folder: files hard-linked (copied across
     file systems) and numbered on, counts summed, test texts joined, then manifest.json (the corpus
@@ -367,7 +367,7 @@ def gather_shards(buckets: list[Path], vocab_path: Path, train_corpus: Path, val
             (staging / name).mkdir()
         seconds = 0.0  # the buckets' sharding time, so tokens_per_second is a sharding job's rate
         with open(staging / "test" / "text.txt", "wb") as text:
-            for bucket in map(Path, buckets):
+            for bucket in map(Path, bucket_dirs):
                 done = json.loads((bucket / "splits.json").read_text())
                 seconds += done["seconds"]
                 for name, part in done["splits"].items():
