@@ -1,4 +1,5 @@
 # Stage 6: figures and tables for `snakemake --report` (make report builds them first).
+# A table is shown twice, as HTML and as its CSV download; the caption goes with the HTML only.
 
 
 rule plot_training:
@@ -65,7 +66,6 @@ rule evaluation_table:
     output:
         csv=report(
             "results/tables/evaluation.csv",
-            caption="../report/evaluation.rst",
             category="Evaluation",
             labels={"table": "evaluation", "format": "csv"},
         ),
@@ -90,7 +90,6 @@ rule corpus_table:
     output:
         csv=report(
             "results/tables/corpus.csv",
-            caption="../report/corpus.rst",
             category="Corpus",
             labels={"table": "corpus", "format": "csv"},
         ),
@@ -116,7 +115,6 @@ rule runtime_table:
     output:
         csv=report(
             "results/tables/runtime.csv",
-            caption="../report/runtime.rst",
             category="Runtime",
             labels={"table": "runtime", "format": "csv"},
         ),
