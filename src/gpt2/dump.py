@@ -71,6 +71,10 @@ class IncompleteDownload(Exception):
     """The server closed the connection before the announced or listed length."""
 
 
+class DeadlinePassed(Exception):
+    """dump.deadline_s ran out while a file was downloading."""
+
+
 class Retry(Exception):
     """A transient failure (429, 5xx, a range answer that forces a restart): try again after `wait` seconds."""
 
@@ -201,7 +205,7 @@ def _fetch_rest(session: requests.Session, url: str, part: Path, timeout: float,
                 fetched += len(block)
                 bar.update(len(block))
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{have + fetched:,} bytes so far")
+                    raise DeadlinePassed(f"{have + fetched:,} bytes so far")
         if total is not None and have + fetched < total:
             raise IncompleteDownload(f"got {have + fetched:,} of {total:,} bytes")
         return fetched
@@ -225,7 +229,7 @@ def download(url: str, dest: Path, params: DumpParams, size: int | None = None) 
                 fetched = _fetch_rest(session, url, part, params.timeout_s, size, deadline)
                 print(f"fetched {fetched:,} bytes of {url} in attempt {attempt + 1}", file=sys.stderr)
                 return part
-            except TimeoutError as exc:
+            except DeadlinePassed as exc:
                 raise UserError(f"{url}: not done within dump.deadline_s = {params.deadline_s:g} s ({exc}); "
                                 "run again to resume") from None
             except transient as exc:
