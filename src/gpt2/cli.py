@@ -249,7 +249,8 @@ def _add_settings(parser, cls: type, defaults: dict) -> None:
 def _add_checked(parser) -> None:
     kinds = {f.name: f for cls in (Architecture, TrainParams) for f in settings(cls) if f.name in CHECKED}
     for name in CHECKED:
-        parser.add_argument(f"--{name}", type=int, default=None,
+        aliases = [a for a in kinds[name].metadata["aliases"] if "=" not in a]
+        parser.add_argument(f"--{name}", *aliases, dest=name, type=int, default=None,
                             help=f"{kinds[name].metadata['help']}; checked against the checkpoint")
 
 
