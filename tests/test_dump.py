@@ -14,7 +14,8 @@ import pytest
 
 from conftest import ROOT, gpt2, serve, snakemake, write_dump
 from gpt2 import UserError
-from gpt2.dump import dump_name, file_patterns, info_path, inspect_dump, partial_path
+from gpt2.download import partial_path
+from gpt2.dump import dump_name, file_patterns, info_path, inspect_dump
 from gpt2.params import DumpParams
 from wikidump import three_part_dump, write_mirror
 
@@ -284,7 +285,7 @@ def test_an_unreachable_address_is_one_line_at_once(tmp_path):
 def test_a_redirect_from_https_to_http_is_refused():
     import requests
 
-    from gpt2.dump import _refuse_downgrade
+    from gpt2.download import _refuse_downgrade
 
     resp = requests.Response()
     resp.status_code, resp.url = 302, "https://dumps.example/enwiki/x.bz2"

@@ -15,7 +15,7 @@ from gpt2 import UserError
 from gpt2.params import (SECTIONS, Architecture, TrainParams, accumulation, choices, config_schema, from_values,
                          settings)
 
-SCHEMA_FILE = "schemas/config.schema.yaml"
+SETTINGS_DOC = "docs/settings.md"  # every key with its type, range and meaning
 
 
 def _key(path) -> str:
@@ -98,7 +98,7 @@ def check_config(config: dict) -> dict:
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:
         error = min(errors, key=lambda e: len(e.absolute_path))
-        raise UserError(f"config: {_message(error)}; fix it in config.yaml or with --config (see {SCHEMA_FILE})")
+        raise UserError(f"config: {_message(error)}; fix it in config.yaml or with --config (see {SETTINGS_DOC})")
     _fill_defaults(schema, config)
     _normalise_switches(config)
     _check_consistency(config)
