@@ -1,9 +1,10 @@
-"""Corpus stage on bigger dumps: one expanda job versus the scatter-gather DAG of dump.source wiki.
+"""Corpus stage on bigger dumps: the scatter-gather DAG with one extraction job and one bucket (the
+defaults) versus with --chunks of each.
 
 Dumps of 1x, 8x and 32x the bundled sample (its pages replicated under new ids and titles) are
 written as one multistream file with its index (100 pages a stream, as Wikimedia writes them).
-Each is built twice at --cores 2: as dump.source path (fetch_dump + one build_corpus job) and as
-dump.source wiki from a local mirror (fetch_part, extraction jobs per piece, gather jobs). Per
+Each is built twice at --cores 2: as dump.source path (one file, one extraction job, one bucket) and
+as dump.source wiki from a local mirror (extraction jobs per piece of the file, --chunks buckets). Per
 stage: wall time, CPU time and peak RSS from the rules' benchmark files (several jobs of a stage:
 their sums and the largest RSS; Snakemake samples CPU time, missing short-lived worker processes);
 for the whole run, wall time and the exact CPU time of all its processes (os.times). Named peers in the same run: `bzip2 -dc` on the 32x file and
@@ -62,7 +63,7 @@ def build(times: int, root: Path, chunks: int) -> tuple[list[dict], dict]:
     mirror = write_mirror(root / f"mirror{times}", "simplewiki", DATE, files)
     data = next(mirror.glob(f"simplewiki/{DATE}/*multistream.xml.bz2"))
     xml_mb = len(bz2.decompress(data.read_bytes())) / 1e6
-    runs = {"one job": (f"dump: {{source: path, path: {data}}}\n", "path"),
+    runs = {"one job each": (f"dump: {{source: path, path: {data}}}\n", "path"),
             "scatter-gather": (f"dump: {{source: wiki, wiki: simplewiki, date: '{DATE}', mirror: {mirror}}}\n"
                                f"corpus: {{extract_jobs: {chunks}, buckets: {chunks}, threads: 1}}\n", "wiki")}
     rows, totals = [], {"dump": f"{times}x", "bz2 MB": data.stat().st_size / 1e6, "XML MB": xml_mb}

@@ -43,21 +43,12 @@ else:
     BIN = shlex.quote(os.path.dirname(sys.executable))
     shell.prefix(f"export PATH={BIN}:$PATH; {PYTHONPATH_PREFIX}")
 
+# Every dump is a listing of one or more files in its folder (the sample, a URL or a path: one
+# file); the corpus is built from them in scatter-gather jobs whose parts live in results/parts/.
 DUMP_NAME = dump_name(from_values(DumpParams, config["dump"]))
-DUMP = f"resources/dumps/{DUMP_NAME}.xml.bz2"
-DUMP_INFO = f"resources/dumps/{DUMP_NAME}.json"
-# A whole wiki (dump.source wiki): its files in a folder, the scatter-gather's in results/wiki/.
-WIKI = config["dump"]["source"] == "wiki"
-WIKI_DIR = f"resources/dumps/{DUMP_NAME}"
-if WIKI:
-    DUMP_INFO = f"{WIKI_DIR}/dump.json"
-BUCKETS = [f"results/wiki/buckets/{b}" for b in range(config["corpus"]["buckets"])]
-# Unit article: expanda's sidecar says which article each block of lines came from.
-ARTICLES = (
-    {"articles": "results/corpus/corpus.articles.tsv"}
-    if config["corpus"]["unit"] == "article"
-    else {}
-)
+DUMP_DIR = f"resources/dumps/{DUMP_NAME}"
+DUMP_INFO = f"{DUMP_DIR}/dump.json"
+BUCKETS = [f"results/parts/buckets/{b}" for b in range(config["corpus"]["buckets"])]
 INPUT_VOCAB = (
     [config["corpus"]["input_vocab"]] if config["corpus"]["input_vocab"] else []
 )
@@ -88,7 +79,7 @@ def corpus_flags(*names):
     return cli_flags(CorpusParams, config["corpus"], skip=others)
 
 
-def wiki_pieces():
+def dump_pieces():
     """(file, index, piece, pieces) of every extraction job, once list_dump has run."""
     from gpt2.corpus import plan_pieces
 
@@ -97,26 +88,27 @@ def wiki_pieces():
 
 
 def extracted_dirs(wildcards=None):
-    return [f"results/wiki/extracted/{f}/{k}" for f, _, k, _ in wiki_pieces()]
+    return [f"results/parts/extracted/{f}/{k}" for f, _, k, _ in dump_pieces()]
+
+
+def dump_files(wildcards=None):
+    """The dump's data files, once list_dump has run (gather_corpus records their sums)."""
+    return sorted({f"{DUMP_DIR}/{f}" for f, _, _, _ in dump_pieces()})
 
 
 def extract_inputs(wildcards):
     """The file an extraction job reads, and its index where the file is cut into pieces."""
-    inputs = {"dump": f"{WIKI_DIR}/{wildcards.file}", "expanda": "results/expanda"}
-    for file, index, _, pieces in wiki_pieces():
+    inputs = {"dump": f"{DUMP_DIR}/{wildcards.file}", "expanda": "results/expanda"}
+    for file, index, _, pieces in dump_pieces():
         if file == wildcards.file and pieces > 1:
-            inputs["index"] = f"{WIKI_DIR}/{index}"
+            inputs["index"] = f"{DUMP_DIR}/{index}"
     return inputs
 
 
 def piece_flags(wildcards, input):
-    pieces = max(p for f, _, _, p in wiki_pieces() if f == wildcards.file)
+    pieces = max(p for f, _, _, p in dump_pieces() if f == wildcards.file)
     index = ["--index", input.index] if "index" in input.keys() else []
     return ["--piece", wildcards.piece, "--pieces", str(pieces), *index]
-
-
-def articles_flag(wildcards, input):
-    return ["--articles", input.articles] if ARTICLES else []
 
 
 def arch_flags(wildcards):
@@ -136,18 +128,16 @@ TRAIN_LAUNCHER = launch_command(TRAIN["gpus"], TRAIN["nodes"])
 
 
 def benchmark_files(models):
-    stages = ["fetch_dump", "patch_expanda", "build_corpus", "make_shards"]
-    # (whole wikis: the per-file jobs' benchmarks are in results/benchmarks/{fetch_part,extract_chunk}/)
-    if WIKI:
-        per_bucket = ("gather_bucket", "tokenize_bucket", "shard_bucket")
-        buckets = [f"{s}/{b}" for s in per_bucket for b in range(len(BUCKETS))]
-        stages = [
-            "list_dump",
-            "patch_expanda",
-            *buckets,
-            "train_vocab",
-            "gather_corpus",
-            "make_shards",
-        ]
+    # (the per-file jobs' benchmarks are in results/benchmarks/{fetch_part,extract_chunk}/)
+    per_bucket = ("gather_bucket", "tokenize_bucket", "shard_bucket")
+    buckets = [f"{s}/{b}" for s in per_bucket for b in range(len(BUCKETS))]
+    stages = [
+        "list_dump",
+        "patch_expanda",
+        *buckets,
+        "train_vocab",
+        "gather_corpus",
+        "make_shards",
+    ]
     stages += [f"{stage}/{m}" for m in models for stage in ("train", "evaluate")]
     return [f"results/benchmarks/{stage}.tsv" for stage in stages]

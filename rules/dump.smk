@@ -1,62 +1,44 @@
-# Stage 1: the Wikipedia dump (bundled sample, download, local file, or a whole wiki), verified.
+# Stage 1: the dump as a listing of its files (the sample, a URL or a path: one file; a whole wiki:
+# its pages-articles-multistream files), then one fetch job per file, verified.
 
-if not WIKI:
 
-    # Downloads need the internet: on a cluster they run on the login node.
-    localrules:
-        fetch_dump,
+# Downloads need the internet: on a cluster they run on the login node.
+localrules:
+    list_dump,
+    fetch_part,
 
-    rule fetch_dump:
-        output:
-            dump=DUMP,
-            info=DUMP_INFO,
-        log:
-            "results/logs/fetch_dump.log",
-        benchmark:
-            "results/benchmarks/fetch_dump.tsv"
-        conda:
-            "../envs/dump.yaml"
-        params:
-            flags=dump_flags(),
-        shell:
-            "python -m gpt2 fetch-dump --out {output.dump:q} {params.flags:q} 2> {log:q}"
 
-else:
+# The dump's files; the DAG of fetch and extraction jobs follows from them.
+checkpoint list_dump:
+    output:
+        f"{DUMP_DIR}/files.json",
+    log:
+        "results/logs/list_dump.log",
+    benchmark:
+        "results/benchmarks/list_dump.tsv"
+    conda:
+        "../envs/dump.yaml"
+    params:
+        flags=dump_flags(),
+    shell:
+        "python -m gpt2 list-dump --out {output:q} {params.flags:q} 2> {log:q}"
 
-    localrules:
-        list_dump,
-        fetch_part,
 
-    # The dump's files (dumpstatus.json); the DAG of fetch and extraction jobs follows from it.
-    checkpoint list_dump:
-        output:
-            f"{WIKI_DIR}/files.json",
-        log:
-            "results/logs/list_dump.log",
-        benchmark:
-            "results/benchmarks/list_dump.tsv"
-        conda:
-            "../envs/dump.yaml"
-        params:
-            flags=dump_flags(),
-        shell:
-            "python -m gpt2 list-dump --out {output:q} {params.flags:q} 2> {log:q}"
-
-    rule fetch_part:
-        input:
-            f"{WIKI_DIR}/files.json",
-        output:
-            f"{WIKI_DIR}/{{file}}",
-        log:
-            "results/logs/fetch_part/{file}.log",
-        benchmark:
-            "results/benchmarks/fetch_part/{file}.tsv"
-        wildcard_constraints:
-            file=r"[A-Za-z0-9_.-]+\.bz2",
-        conda:
-            "../envs/dump.yaml"
-        params:
-            flags=dump_flags(),
-        shell:
-            "python -m gpt2 fetch-part --listing {input:q} --file {wildcards.file:q} --out {output:q}"
-            " {params.flags:q} 2> {log:q}"
+rule fetch_part:
+    input:
+        f"{DUMP_DIR}/files.json",
+    output:
+        f"{DUMP_DIR}/{{file}}",
+    log:
+        "results/logs/fetch_part/{file}.log",
+    benchmark:
+        "results/benchmarks/fetch_part/{file}.tsv"
+    wildcard_constraints:
+        file=r"[A-Za-z0-9_.-]+\.bz2",
+    conda:
+        "../envs/dump.yaml"
+    params:
+        flags=dump_flags(),
+    shell:
+        "python -m gpt2 fetch-part --listing {input:q} --file {wildcards.file:q} --out {output:q}"
+        " {params.flags:q} 2> {log:q}"

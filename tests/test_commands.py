@@ -32,7 +32,7 @@ def corpus(tiny_run) -> dict[str, Path]:
     c = tiny_run / "results/corpus"
     return {"train": c / "corpus.train.txt", "test": c / "corpus.test.txt", "vocab": c / "vocab.txt",
             "manifest": tiny_run / "results/shards/manifest.json", "model": tiny_run / "results/train/tiny/model.pt",
-            "eval": tiny_run / "results/eval_tiny.json", "info": tiny_run / "resources/dumps/enwiki-sample.json"}
+            "eval": tiny_run / "results/eval_tiny.json", "info": tiny_run / "resources/dumps/enwiki-sample/dump.json"}
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,8 @@ def test_export_round_trips_through_transformers(corpus, tmp_path):
     metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"perplexity": round(report["perplexity"], 2), "bits_per_byte": round(report["bits_per_byte"], 4)}
     info = json.loads(corpus["info"].read_text())
-    for fact in ("| layers / heads / dims | 2 / 2 / 64 |", f"{report['train_steps']:,} steps", info["sha1"],
+    sha1 = info["files"]["enwiki-sample.xml.bz2"]["sha1"]
+    for fact in ("| layers / heads / dims | 2 / 2 / 64 |", f"{report['train_steps']:,} steps", sha1,
                  f"{info['articles']:,} articles", f"| perplexity | {report['perplexity']:.1f} |"):
         assert fact in card, fact
     hf = GPT2LMHeadModel.from_pretrained(out).eval()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import bz2
-import collections
 import csv
-import hashlib
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -19,17 +19,16 @@ import pytest
 
 from conftest import ROOT, gpt2, serve, snakemake, write_dump
 from gpt2 import UserError
-from gpt2.corpus import (_run_expanda, corpus_files, installed_expanda, patch_expanda, piece_ranges, render_config,
-                         stream_offsets)
+from gpt2.corpus import _wiki_args, installed_expanda, patch_expanda, piece_ranges, stream_offsets
 from gpt2.files import file_digest
 from gpt2.params import CorpusParams
 from gpt2.vocab import SPECIALS
 from wikidump import dump_files, multistream, sample_parts, three_part_dump, write_mirror
 
-CORPUS = [f"results/corpus/{name}" for name in corpus_files("article")]
-# sha256 of corpus.raw.txt that expanda 1.3.1 (patches 0001-0004 only) built from the sample with seed 0 and
-# 2 threads, recorded before the article-level patches were written.
-SENTENCE_RAW_SHA256 = "0912856dc684f7dd7f239a27077a511c2ed154fd1730079c51911f222540f12e"
+CORPUS_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.valid.txt", "corpus.test.txt",
+                "corpus.articles.tsv")
+CORPUS = [f"results/corpus/{name}" for name in CORPUS_FILES]
+SAMPLE_DUMP = "resources/dumps/enwiki-sample/enwiki-sample.xml.bz2"
 
 # Korean text written for this test: short encyclopedic sentences about cities
 # and nature, enough for kss to split and WordPiece to learn from.
@@ -58,7 +57,7 @@ def _korean_dump(path: Path) -> Path:
 def sample_run(tmp_path_factory):
     """One real Snakemake build of the corpus from the bundled sample (shared by several tests)."""
     work = tmp_path_factory.mktemp("sample")
-    proc = snakemake(work, "results/corpus/vocab.txt")
+    proc = snakemake(work, *CORPUS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work
 
@@ -88,23 +87,20 @@ def test_sample_corpus_is_valid_and_cached(sample_run):
     known = set(vocab)
     tokens = [t for line in train[:500] for t in line.split()]
     assert len(tokens) > 5000 and sum(t in known for t in tokens) / len(tokens) > 0.99
-    info = json.loads((sample_run / "resources/dumps/enwiki-sample.json").read_text())
-    assert (info["lang"], info["articles"]) == ("en", 106)
-    assert (sample_run / "results/benchmarks/build_corpus.tsv").exists()
-    dry = snakemake(sample_run, "results/corpus/vocab.txt", extra=("-n",))
+    info = json.loads((sample_run / "resources/dumps/enwiki-sample/dump.json").read_text())
+    assert (info["source"], info["lang"], info["articles"], info["pieces"]) == ("sample", "en", len(splits), 1)
+    assert len(splits) == 103  # the sample's 106 main-namespace articles, less three that keep no sentence
+    assert (sample_run / "results/benchmarks/gather_corpus.tsv").exists()
+    dry = snakemake(sample_run, *CORPUS, extra=("-n",))
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
-    assert not list((sample_run / "results/corpus").glob(".build-*"))
 
 
-def test_shuffle_is_seeded(sample_run, tmp_path):
-    """The same dump, seed and threads give the same raw corpus (expanda's shuffle is unseeded upstream)."""
-    out = tmp_path / "again"
-    out.mkdir()
-    from gpt2.corpus import build_corpus
-
-    build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda", out,
-                 CorpusParams(threads=2))
-    assert (out / "corpus.raw.txt").read_bytes() == (sample_run / "results/corpus/corpus.raw.txt").read_bytes()
+def test_the_seed_orders_the_articles(sample_run, tmp_path):
+    """corpus.seed picks the article order (the hash of seed and page id): the same articles, in another order."""
+    proc = snakemake(tmp_path, "results/corpus/corpus.articles.tsv", config={"corpus": {"seed": 1}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, theirs = ([r["page_id"] for r in _articles(work)] for work in (tmp_path, sample_run))
+    assert sorted(ours) == sorted(theirs) and ours != theirs
 
 
 @pytest.mark.reliability
@@ -119,10 +115,15 @@ def test_a_patch_that_does_not_apply_names_patch_and_file(tmp_path):
     assert not (tmp_path / "expanda").exists()
 
 
-def _expanda_on(dump: Path, expanda_dir: Path, workspace: Path) -> None:
-    workspace.mkdir()
-    (workspace / "expanda.cfg").write_text(render_config(dump, CorpusParams(threads=1, vocab_size=500, min_length=10)))
-    _run_expanda(workspace, expanda_dir)
+def _extension_on(dump: Path, expanda_dir: Path, work: Path):
+    """expanda's Wikipedia extension on `dump`, from `expanda_dir`, in a process of its own."""
+    work.mkdir()
+    code = ("import sys; from expanda.extension import Extension; "
+            "Extension('expanda.ext.wikipedia').call(sys.argv[1], sys.argv[2], sys.argv[3], "
+            "{'num-cores': '1', 'min-length': '10', 'unit': 'article'})")
+    path = os.pathsep.join([str(expanda_dir), str(ROOT / "src")])
+    return subprocess.run([sys.executable, "-c", code, str(dump), str(work / "out.txt"), str(work)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path), timeout=300)
 
 
 @pytest.mark.reliability
@@ -130,23 +131,23 @@ def test_dead_worker_fails_with_its_real_error(tmp_path):
     """Bypassing our dump check, an unsupported language kills a worker inside expanda."""
     dump = write_dump(tmp_path / "fr.xml.bz2", [(0, "Paris", "Paris est la capitale de la France. " * 3)], "fr")
     patch_expanda(tmp_path / "patched", sorted((ROOT / "patches").glob("*.patch")))
-    with pytest.raises(UserError, match=r"NotImplementedError: language \[fr\] is not supported"):
-        _expanda_on(dump, tmp_path / "patched", tmp_path / "ws1")
+    proc = _extension_on(dump, tmp_path / "patched", tmp_path / "ws1")
+    assert proc.returncode != 0 and "NotImplementedError: language [fr] is not supported" in proc.stderr
     # Upstream expanda carries on and trips over a temp file the dead worker never wrote.
     upstream = tmp_path / "upstream"
     shutil.copytree(installed_expanda(), upstream / "expanda")
-    with pytest.raises(UserError, match="FileNotFoundError"):
-        _expanda_on(dump, upstream, tmp_path / "ws2")
+    proc = _extension_on(dump, upstream, tmp_path / "ws2")
+    assert proc.returncode != 0 and "FileNotFoundError" in proc.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kss") is None, reason="kss is not installed")
 def test_korean_dump_goes_through_kss(tmp_path):
     dump = _korean_dump(tmp_path / "kowiki-test.xml.bz2")
-    proc = snakemake(tmp_path, "results/corpus/vocab.txt", config={
+    proc = snakemake(tmp_path, *CORPUS, config={
         "dump": {"source": "path", "path": str(dump)},
         "corpus": {"vocab_size": 400, "min_length": 10}})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "resources/dumps/kowiki-test.json").exists()
+    assert json.loads((tmp_path / "resources/dumps/kowiki-test/dump.json").read_text())["lang"] == "ko"
     raw = (tmp_path / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()
     # kss split each paragraph into its sentences: no line holds two of them.
     assert len(raw) >= 2 * len(set(KOREAN)) and all(line.count(". ") == 0 for line in raw)
@@ -181,7 +182,7 @@ def test_bad_dump_fails_the_workflow_cleanly(tmp_path, sample_dump, kind, messag
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert not any((tmp_path / f).exists() for f in CORPUS)
-    assert not list((tmp_path / "resources/dumps").glob("bad.*"))
+    assert not list((tmp_path / "resources/dumps/bad").glob("bad.*"))
 
 
 @pytest.mark.parametrize("config, message", [
@@ -190,6 +191,8 @@ def test_bad_dump_fails_the_workflow_cleanly(tmp_path, sample_dump, kind, messag
     ({"corpus": {"vocab": 10}}, "config: unknown key corpus.vocab (allowed here:"),
     ({"dump": {"source": "ftp"}}, "config: dump.source = 'ftp' must be one of sample, url, path, wiki"),
     ({"corpus": {"threads": "two"}}, "config: corpus.threads = 'two' has the wrong type (expected integer)"),
+    ({"corpus": {"unit": "sentence"}}, "config: corpus.unit is gone: every corpus is built of whole articles"),
+    ({"corpus": {"chunks": 16}}, "config: corpus.chunks is now two keys: corpus.extract_jobs"),
 ])
 @pytest.mark.reliability
 def test_bad_config_is_one_line_naming_the_key(tmp_path, config, message):
@@ -233,7 +236,7 @@ def test_no_article_is_in_two_splits_and_each_is_the_dump_article_it_names(sampl
     rows = _article_lines(sample_run)
     ids = [row["page_id"] for row, _ in rows]
     assert len(ids) == len(set(ids)) and {row["split"] for row, _ in rows} == {"test", "valid", "train"}
-    pages = _dump_pages(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda")
+    pages = _dump_pages(sample_run / SAMPLE_DUMP, sample_run / "results/expanda")
     for row, lines in rows:
         title, text = pages[row["page_id"]]
         assert row["title"] == title
@@ -242,7 +245,7 @@ def test_no_article_is_in_two_splits_and_each_is_the_dump_article_it_names(sampl
 
 
 def test_sentences_keep_the_dump_order_within_an_article(sample_run):
-    pages = _dump_pages(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda")
+    pages = _dump_pages(sample_run / SAMPLE_DUMP, sample_run / "results/expanda")
     checked = 0
     for row, lines in _article_lines(sample_run):
         text, position = pages[row["page_id"]][1], 0
@@ -264,30 +267,13 @@ def test_sentences_keep_the_dump_order_within_an_article(sample_run):
         assert " ".join(tokenizer.encode(raw[first_train + k]).tokens) == tokens[k]
 
 
-def test_sentence_unit_reproduces_expanda_1_3_1(tmp_path):
-    proc = snakemake(tmp_path, "results/corpus/vocab.txt", config={"corpus": {"unit": "sentence"}})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    corpus = tmp_path / "results/corpus"
-    assert hashlib.sha256((corpus / "corpus.raw.txt").read_bytes()).hexdigest() == SENTENCE_RAW_SHA256
-    assert not (corpus / "corpus.articles.tsv").exists()
-    from gpt2.vocab import load_tokenizer
-
-    tokenizer = load_tokenizer(corpus / "vocab.txt")
-    raw = (corpus / "corpus.raw.txt").read_text(encoding="utf-8").splitlines()
-    expected = [" ".join(e.tokens) for e in tokenizer.encode_batch(raw)]
-    split = [line for name in ("test", "valid", "train")
-             for line in (corpus / f"corpus.{name}.txt").read_text(encoding="utf-8").splitlines()]
-    assert split == expected
-    assert len((corpus / "corpus.test.txt").read_text().splitlines()) == math.ceil(len(raw) * 0.1) + 1  # as 1.3.1
-
-
 def test_two_builds_give_identical_vocab_and_shards(sample_run, tmp_path):
     """A second build in other processes, with another number of workers, gives the same bytes."""
     proc = snakemake(tmp_path, "results/shards/manifest.json", config={"corpus": {"threads": 1}})
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = snakemake(sample_run, "results/shards/manifest.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in corpus_files("article"):
+    for name in CORPUS_FILES:
         assert (tmp_path / "results/corpus" / name).read_bytes() == (sample_run / "results/corpus" / name).read_bytes()
     shards = sorted(p.relative_to(sample_run) for p in (sample_run / "results/shards").rglob("*") if p.is_file())
     assert len(shards) >= 5
@@ -296,30 +282,29 @@ def test_two_builds_give_identical_vocab_and_shards(sample_run, tmp_path):
             assert (tmp_path / path).read_bytes() == (sample_run / path).read_bytes(), path
 
 
-def test_the_seed_options_are_passed_to_expanda(tmp_path):
-    cfg = render_config(tmp_path / "d.xml.bz2", CorpusParams(split_sent=False, subset_size=12345,
-                                                             input_vocab=str(tmp_path / "v.txt"), unit="sentence"))
-    assert "split-sent = false" in cfg and "subset-size = 12345" in cfg and "unit = sentence" in cfg
-    assert f"input-vocab = {tmp_path / 'v.txt'}" in cfg
-    assert "input-vocab" not in render_config(tmp_path / "d.xml.bz2", CorpusParams())
+def test_the_corpus_options_reach_expanda():
+    args = _wiki_args(CorpusParams(split_sent=False, min_length=7, max_length=99, max_page_bytes=4096, threads=3))
+    assert args == {"num-cores": "3", "min-length": "7", "max-length": "99", "split-sent": "false", "unit": "article",
+                    "max-page-bytes": "4096"}
 
 
 def test_input_vocab_is_reused_and_packed_lines_keep_articles(sample_run, tmp_path):
     vocab = sample_run / "results/corpus/vocab.txt"
-    from gpt2.corpus import build_corpus
-
-    build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda", tmp_path,
-                 CorpusParams(input_vocab=str(vocab), split_sent=False, max_length=400))
-    assert (tmp_path / "vocab.txt").read_bytes() == vocab.read_bytes()
-    lines = [len(line) for line in (tmp_path / "corpus.raw.txt").read_text(encoding="utf-8").splitlines()]
+    proc = snakemake(tmp_path, "results/corpus/corpus.raw.txt", config={"corpus": {
+        "input_vocab": str(vocab), "split_sent": False, "max_length": 400}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "results/corpus/vocab.txt").read_bytes() == vocab.read_bytes()
+    lines = [len(line) for line in (tmp_path / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()]
     assert max(lines) > 200 and sum(n <= 400 for n in lines) > 0.95 * len(lines)  # sentences packed up to 400
     assert all(n > 0 for n in lines)  # no empty line, even where a single sentence is longer than max_length
+    from gpt2.corpus import train_vocab
+
     with pytest.raises(UserError, match="corpus.input_vocab"):
-        build_corpus(sample_run / "resources/dumps/enwiki-sample.xml.bz2", sample_run / "results/expanda",
-                     tmp_path / "x", CorpusParams(input_vocab=str(tmp_path / "missing.txt")))
+        train_vocab([], sample_run / "results/expanda", tmp_path / "x.txt",
+                    CorpusParams(input_vocab=str(tmp_path / "missing.txt")))
 
 
-# --- whole wikis: one extraction job per part or piece, gathered ---------------------------
+# --- a whole wiki: one extraction job per part or piece, gathered -----------------------------
 
 WIKI_DATE = "20260101"
 
@@ -348,12 +333,11 @@ def wiki_run(tmp_path_factory):
     return work
 
 
-def test_wiki_parts_are_separate_jobs_with_the_sentences_of_one_job(wiki_run, sample_run):
+def test_wiki_parts_are_separate_jobs_with_the_corpus_of_one_file(wiki_run, sample_run):
     logs = sorted((wiki_run / "results/logs/extract_chunk").glob("*/0.log"))
     assert len(logs) == 3 and all(re.search(r"articles/s, [\d.]+ MB of bz2/s", log.read_text()) for log in logs)
-    ours, one_job = ((work / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()
-                     for work in (wiki_run, sample_run))
-    assert collections.Counter(ours) == collections.Counter(one_job)
+    for name in CORPUS_FILES:  # the sample's one file and its three parts: the same corpus, byte for byte
+        assert file_digest(wiki_run / "results/corpus" / name) == file_digest(sample_run / "results/corpus" / name)
     rows = _articles(wiki_run)
     assert len({r["page_id"] for r in rows}) == len(rows) == len(_articles(sample_run))
     n = len(rows)
@@ -395,7 +379,7 @@ def test_a_single_file_cut_into_pieces_gives_the_same_corpus(wiki_run, wiki_part
     work.mkdir()
     proc = snakemake(work, "results/corpus/corpus.raw.txt", config=_wiki_config(str(mirror), 4))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list((work / "results/wiki/extracted").glob("*/*"))) == 4
+    assert len(list((work / "results/parts/extracted").glob("*/*"))) == 4
     for name in ("corpus.raw.txt", "corpus.articles.tsv", "corpus.train.txt", "vocab.txt"):
         assert file_digest(work / "results/corpus" / name) == file_digest(wiki_run / "results/corpus" / name), name
 

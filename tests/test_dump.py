@@ -219,7 +219,7 @@ def test_a_wrong_sha1_fails_that_part_alone(tmp_path):
     errors = (tmp_path / f"results/logs/fetch_part/{bad}.log").read_text().strip().splitlines()[-1]
     assert errors.startswith(f"error: {bad}: sha1 mismatch, expected {'0' * 40} but the file has ")
     assert not (tmp_path / f"resources/dumps/enwiki-{WIKI_DATE}" / bad).exists()
-    done = sorted(p.parent.parent.name for p in (tmp_path / "results/wiki/extracted").glob("*/0/stats.json"))
+    done = sorted(p.parent.parent.name for p in (tmp_path / "results/parts/extracted").glob("*/0/stats.json"))
     assert done == sorted(name for name in files if re.search(r"multistream[13]\.xml", name))
 
 
@@ -447,10 +447,10 @@ def test_a_path_with_shell_characters_reaches_the_command_as_one_word(tmp_path, 
     odd.write_bytes(sample_dump.read_bytes())
     work = tmp_path / "work"
     work.mkdir()
-    proc = snakemake(work, "resources/dumps/mine.xml.bz2", config={"dump": {"source": "path", "path": str(odd),
+    proc = snakemake(work, "resources/dumps/mine/mine.xml.bz2", config={"dump": {"source": "path", "path": str(odd),
                                                                          "name": "mine"}})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert not (work / "PWNED").exists() and (work / "resources/dumps/mine.xml.bz2").read_bytes() == odd.read_bytes()
+    assert not (work / "PWNED").exists() and (work / "resources/dumps/mine/mine.xml.bz2").read_bytes() == odd.read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -486,12 +486,15 @@ def test_a_bz2_bomb_is_one_error_in_bounded_memory(tmp_path, bz2_bomb):
                             str(bz2_bomb), "--out", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr  # an article, by its head: the corpus stage decides
     assert json.loads(info_path(out).read_text())["largest_page_bytes"] == 1 << 30 and peak < 1024
-    expanda = tmp_path / "expanda"
-    assert gpt2("patch-expanda", "--out", str(expanda), "--patches",
-                *map(str, sorted((ROOT / "patches").glob("*.patch")))).returncode == 0
-    proc, peak = _peak_mib([sys.executable, "-m", "gpt2", "build-corpus", "--dump", str(out), "--expanda",
-                            str(expanda), "--out", str(tmp_path / "corpus"), "--threads", "1"], tmp_path)
-    assert proc.returncode == 2 and peak < 1024, (peak, proc.stderr[-2000:])
-    assert "skipped 1 page(s) whose wikitext is over 16,777,216 bytes" in proc.stderr
-    assert _last_line(proc).startswith("error: expanda build failed: ValueError: 0 articles leave none")
-    assert not (tmp_path / "corpus").exists()
+    work = tmp_path / "work"
+    work.mkdir()
+    config = work / "bomb.yaml"
+    config.write_text(f"dump: {{source: path, path: {bz2_bomb}}}\n")
+    proc, peak = _peak_mib([str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "Snakefile"),
+                            "--cores", "2", "results/corpus/vocab.txt", "--configfile", str(config)], work)
+    assert proc.returncode != 0 and peak < 1024, (peak, proc.stderr[-2000:])
+    extracted = next((work / "results/logs/extract_chunk").glob("*/0.log")).read_text()
+    assert "skipped 1 page(s) whose wikitext is over 16,777,216 bytes" in extracted
+    gathered = (work / "results/logs/gather_bucket/0.log").read_text().strip().splitlines()[-1]
+    assert gathered.startswith("error: the dump gave no article with a sentence between corpus.min_length")
+    assert not (work / "results/corpus").exists()

@@ -10,11 +10,11 @@ from conftest import TINY_CONFIG, snakemake
 
 
 def test_end_to_end_outputs_and_caching(tiny_run):
-    for path in ("resources/dumps/enwiki-sample.xml.bz2", "results/expanda/patches.json",
+    for path in ("resources/dumps/enwiki-sample/enwiki-sample.xml.bz2", "results/expanda/patches.json",
                  "results/corpus/vocab.txt", "results/shards/manifest.json", "results/train/tiny/model.pt",
                  "results/train/tiny/metrics.csv", "results/eval_tiny.json"):
         assert (tiny_run / path).is_file(), path
-    for rule in ("fetch_dump", "patch_expanda", "build_corpus", "make_shards", "train/tiny", "evaluate/tiny"):
+    for rule in ("list_dump", "patch_expanda", "gather_corpus", "make_shards", "train/tiny", "evaluate/tiny"):
         assert (tiny_run / f"results/benchmarks/{rule}.tsv").is_file(), rule
     report = json.loads((tiny_run / "results/eval_tiny.json").read_text())
     assert report["perplexity"] < report["unigram_perplexity"]

@@ -145,7 +145,6 @@ def test_shards_of_another_vocab_are_refused(tiny_run, tmp_path):
 COMMANDS = {  # command -> (required flags with valid values, a flag that takes a number)
     "fetch-dump": (["--out", "x.xml.bz2"], "--retries"),
     "patch-expanda": (["--out", "x", "--patches", "{any}"], None),
-    "build-corpus": (["--dump", "{dump}", "--expanda", "{any}", "--out", "x"], "--threads"),
     "make-shards": (["--vocab_path", "{any}", "--train_corpus", "{any}", "--valid_corpus", "{any}", "--test_corpus",
                      "{any}", "--out", "x"],
                     "--shard_tokens"),

@@ -66,9 +66,9 @@ def test_tables_and_samples_carry_the_results(report_run):
     assert list(corpus["lines"]) == [manifest["splits"][s]["lines"] for s in corpus["split"]]
     assert list(corpus["documents"]) == [manifest["splits"][s]["documents"] for s in corpus["split"]]
     assert set(corpus["split"]) == {"train", "valid", "test"} and set(corpus["unit"]) == {"article"}
-    assert set(corpus["articles in dump"]) == {106}
+    assert set(corpus["articles in corpus"]) == {103}
     runtime = pd.read_csv(results / "tables/runtime.csv")
-    assert {"build_corpus", "train/tiny", "evaluate/tiny"} <= set(runtime["job"])
+    assert {"gather_corpus", "train/tiny", "evaluate/tiny"} <= set(runtime["job"])
     samples = (results / "samples/tiny.txt").read_text()
     assert [line.split("]")[0] for line in samples.split("\n\n") if line] == [
         "[The history of", "[In mathematics,", "[The city is located"]

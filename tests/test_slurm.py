@@ -17,7 +17,7 @@ from wikidump import three_part_dump
 
 SLURM_CONFIG = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10}}
 PROFILE = ("--profile", str(ROOT / "profiles/slurm"), "--workflow-profile", str(ROOT / "tests/slurm_profile"))
-LOCAL_RULES = {"fetch_dump"}
+LOCAL_RULES = {"list_dump", "fetch_part"}
 
 
 def test_launch_commands_for_gpus_and_nodes():
@@ -66,7 +66,8 @@ def test_whole_pipeline_runs_as_slurm_jobs(cluster, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     log = proc.stdout + proc.stderr
     jobs = {rule: job for job, rule in re.findall(r"SLURM jobid (\d+) \(log: \S+/rule_(\w+)/", log)}
-    assert set(jobs) == {"patch_expanda", "build_corpus", "make_shards", "train", "evaluate"}, log[-3000:]
+    assert set(jobs) == {"patch_expanda", "extract_chunk", "gather_bucket", "train_vocab", "tokenize_bucket",
+                         "gather_corpus", "shard_bucket", "make_shards", "train", "evaluate"}, log[-3000:]
     assert not LOCAL_RULES & set(jobs)
     for rule, job in jobs.items():  # slurmctld remembers finished jobs (MinJobAge)
         show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=cluster).stdout
@@ -100,7 +101,7 @@ def test_a_three_part_wiki_is_built_by_slurm_jobs(cluster, tmp_path):
     jobs = re.findall(r"SLURM jobid (\d+) \(log: \S+/rule_(\w+)/", log)
     assert sorted(rule for _, rule in jobs) == sorted(["patch_expanda", "train_vocab", "gather_corpus"]
                                                       + ["extract_chunk", "gather_bucket", "tokenize_bucket"] * 3)
-    assert not {"list_dump", "fetch_part"} & {rule for _, rule in jobs}
+    assert not LOCAL_RULES & {rule for _, rule in jobs}
     for job, rule in jobs:
         show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=cluster).stdout
         assert "JobState=COMPLETED" in show, (rule, show)

@@ -111,31 +111,28 @@ COMMANDS = {
     "patch-expanda": Command("gpt2.corpus:patch_expanda", "copy the installed expanda and apply patches/", (
         Arg("out", "folder for the patched copy", required=True),
         _file("patches", "the *.patch files, applied in name order", required=True, options={"nargs": "+"}))),
-    "build-corpus": Command("gpt2.corpus:build_corpus", "run the patched expanda on a dump", (
-        _file("dump", "the .xml.bz2 dump", required=True), EXPANDA,
-        Arg("out", "folder for vocab.txt and corpus.*.txt", required=True)), (CorpusParams,)),
-    "list-dump": Command("gpt2.dump:list_dump", "source wiki: resolve dump.date and list the files of dump.parts "
-                         "from dumpstatus.json", (Arg("out", "the file list (JSON)", required=True),), (DumpParams,)),
-    "fetch-part": Command("gpt2.dump:fetch_part", "source wiki: fetch one listed file, resumable and verified", (
+    "list-dump": Command("gpt2.dump:list_dump", "list the dump's files: the one file of the sample, a URL or a "
+                         "path, or a whole wiki's from dumpstatus.json (dump.date resolved, dump.parts)", (Arg("out", "the file list (JSON)", required=True),), (DumpParams,)),
+    "fetch-part": Command("gpt2.dump:fetch_part", "fetch one listed file, resumable and verified", (
         LISTING, Arg("file", "the file's name in the listing", str, required=True),
         Arg("out", "where the file goes", required=True)), (DumpParams,)),
-    "extract-chunk": Command("gpt2.corpus:extract_chunk", "source wiki: expanda's extraction of one piece of a "
+    "extract-chunk": Command("gpt2.corpus:extract_chunk", "expanda's extraction of one piece of a dump "
                              "file, its articles scattered over corpus.buckets buckets", (
-        _file("dump", "a pages-articles-multistream .xml.bz2 file", required=True),
+        _file("dump", "a pages-articles .xml.bz2 file", required=True),
         _file("index", "its multistream index (needed for --pieces > 1)"),
         Arg("piece", "which piece, from 0", int, required=True),
         Arg("pieces", "pieces the file is cut into at its bz2 streams", int, required=True),
         EXPANDA, Arg("out", "folder for the bucket files and stats.json", required=True)), (CorpusParams,)),
-    "gather-bucket": Command("gpt2.corpus:gather_bucket", "source wiki: one bucket of every piece, in hash order, "
+    "gather-bucket": Command("gpt2.corpus:gather_bucket", "one bucket of every piece, in hash order, "
                              "with each article's split", (
         EXTRACTED, Arg("bucket", "which bucket, from 0", int, required=True),
         Arg("out", "folder for raw.txt and articles.tsv", required=True)), (CorpusParams,)),
-    "train-vocab": Command("gpt2.corpus:train_vocab", "source wiki: WordPiece on the head of the train articles", (
+    "train-vocab": Command("gpt2.corpus:train_vocab", "WordPiece on the head of the train articles", (
         BUCKETS, EXPANDA, Arg("out", "vocab.txt to write", required=True)), (CorpusParams,)),
-    "tokenize-bucket": Command("gpt2.corpus:tokenize_bucket", "source wiki: tokenize one bucket", (
+    "tokenize-bucket": Command("gpt2.corpus:tokenize_bucket", "tokenize one bucket", (
         _file("bucket", "a gather-bucket folder", required=True), _file("vocab", "vocab.txt", required=True),
         EXPANDA, Arg("out", "token lines to write", required=True))),
-    "gather-corpus": Command("gpt2.corpus:gather_corpus", "source wiki: the buckets into the corpus files", (
+    "gather-corpus": Command("gpt2.corpus:gather_corpus", "the buckets into the corpus files", (
         LISTING, EXTRACTED, BUCKETS,
         _file("tokens", "tokenize-bucket outputs, in bucket order", required=True, options={"nargs": "+"}),
         Arg("out", "folder for corpus.*.txt and corpus.articles.tsv", required=True),
@@ -143,13 +140,13 @@ COMMANDS = {
     "make-shards": Command("gpt2.shards:make_shards", "token lines -> uint16 shards + manifest.json", (
         NEEDS_VOCAB, *CORPUS_SPLITS,
         _file("raw_corpus", "expanda's corpus.raw.txt: byte counts and the test split's raw text"),
-        _file("articles", "expanda's corpus.articles.tsv (unit article): each article one document"),
+        _file("articles", "corpus.articles.tsv: each article one document (without it, each line)"),
         Arg("out", "folder for train/, test/ and manifest.json", required=True)), (ShardsParams,)),
-    "shard-bucket": Command("gpt2.shards:shard_bucket", "source wiki: one bucket's token lines -> uint16 shards", (
+    "shard-bucket": Command("gpt2.shards:shard_bucket", "one bucket's token lines -> uint16 shards", (
         _file("bucket", "a gather-bucket folder", required=True),
         _file("tokens", "its tokenize-bucket lines", required=True), NEEDS_VOCAB,
         Arg("out", "folder for the bucket's shards and splits.json", required=True)), (ShardsParams,)),
-    "gather-shards": Command("gpt2.shards:gather_shards", "source wiki: the buckets' shards -> one shards folder "
+    "gather-shards": Command("gpt2.shards:gather_shards", "the buckets' shards -> one shards folder "
                              "+ manifest.json", (
         _file("bucket_dirs", "shard-bucket folders, in bucket order", required=True, options={"nargs": "+"}),
         NEEDS_VOCAB, *CORPUS_SPLITS, Arg("out", "folder for train/, valid/, test/ and manifest.json",

@@ -87,6 +87,17 @@ def _normalise_parts(config: dict) -> None:
         config["dump"]["parts"] = ",".join(map(str, parts if isinstance(parts, list) else [parts]))
 
 
+def _refuse_removed_keys(config: dict) -> None:
+    """Keys an earlier version had, with what replaces them."""
+    corpus = config.get("corpus") if isinstance(config.get("corpus"), dict) else {}
+    if "unit" in corpus:
+        raise UserError("config: corpus.unit is gone: every corpus is built of whole articles, each keeping its "
+                        "sentences in order (the sentence unit was expanda's one-job build); remove the key")
+    if "chunks" in corpus:
+        raise UserError("config: corpus.chunks is now two keys: corpus.extract_jobs (extraction pieces to aim "
+                        "for) and corpus.buckets (shuffle buckets); set those instead")
+
+
 def check_config(config: dict) -> dict:
     """Validate `config` in place, fill every default and return it.
 
@@ -94,6 +105,7 @@ def check_config(config: dict) -> dict:
     """
     _retype_command_line_strings(config)
     _normalise_parts(config)
+    _refuse_removed_keys(config)
     schema = config_schema()
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:
@@ -115,9 +127,6 @@ def _check_consistency(config: dict) -> None:
         if name not in config["models"]:
             raise UserError(f"config: report.models lists {name!r}, which is not under models: "
                             f"({', '.join(config['models'])})")
-    if config["dump"]["source"] == "wiki" and config["corpus"]["unit"] != "article":
-        raise UserError("config: dump.source wiki builds an article-level corpus in parallel jobs; "
-                        "set corpus.unit: article (unit sentence is the one-job build of a single file)")
     _check_dump_path(config["dump"])
     train = from_values(TrainParams, config["train"])
     try:

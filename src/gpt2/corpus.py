@@ -1,11 +1,11 @@
-"""Stage 2: the hand edit of expanda as a rule, then expanda's corpus build.
+"""Stage 2: the hand edit of expanda as a rule, then the corpus, built from the dump's listing.
 
 `patch_expanda` copies the installed expanda 1.3.1 into a private folder and
-applies patches/*.patch there (site-packages is never touched).
-`build_corpus` renders expanda.cfg, runs `python -m expanda build` with that
-copy first on PYTHONPATH in a throw-away workspace, and moves the corpus files
-into place only once they are all valid. The patches make articles the unit
-(patches/0005-0006) and the vocabulary reproducible (0007); docs/pipeline.md says how.
+applies patches/*.patch there (site-packages is never touched). The corpus is
+then built in scatter-gather jobs (below) whatever the dump's source: the
+sample, a URL or a path is a listing of one file. The patches make articles
+the unit (patches/0005) and the vocabulary reproducible (0007);
+docs/pipeline.md says how.
 """
 
 from __future__ import annotations
@@ -33,18 +33,12 @@ from gpt2.articles import HEADER, article_row, read_articles
 from gpt2.dump import check_language
 from gpt2.files import atomic_dir, atomic_path, file_digest
 from gpt2.params import CorpusParams
-from gpt2.vocab import BOS, EOS, PAD, SPECIALS, UNK
+from gpt2.vocab import BOS, EOS, PAD, UNK
 from gpt2.wikixml import ExportError
 
 EXPANDA_VERSION = "1.3.1"
-TEXT_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.valid.txt", "corpus.test.txt")
-ARTICLES = "corpus.articles.tsv"  # unit article: split, page id, title and lines of each article, in order
+ARTICLES = "corpus.articles.tsv"  # split, page id, title and lines of each article, in corpus order
 ARTICLE_MARK = b"\x01"  # starts an article's header line in expanda's extraction output (patches/0005)
-
-
-def corpus_files(unit: str) -> tuple[str, ...]:
-    """The files a corpus build writes: the article sidecar only where articles are the unit."""
-    return TEXT_FILES + ((ARTICLES,) if unit == "article" else ())
 
 
 def installed_expanda() -> Path:
@@ -93,76 +87,6 @@ def patch_expanda(out: Path, patches: list[Path]) -> list[dict]:
     return applied
 
 
-def render_config(dump: Path, params: CorpusParams) -> str:
-    """expanda.cfg for one dump; outputs land in build/ inside the workspace."""
-    reuse = f"input-vocab = {Path(params.input_vocab).resolve()}\n" if params.input_vocab else ""
-    return f"""[expanda.ext.wikipedia]
-num-cores = {params.threads}
-min-length = {params.min_length}
-max-length = {params.max_length}
-split-sent = {str(params.split_sent).lower()}
-unit = {params.unit}
-max-page-bytes = {params.max_page_bytes}
-
-[tokenization]
-unk-token = {UNK}
-control-tokens = {BOS}
-                 {EOS}
-                 {PAD}
-vocab-size = {params.vocab_size}
-limit-alphabet = {params.limit_alphabet}
-subset-size = {params.subset_size}
-
-[build]
-input-files =
-    --expanda.ext.wikipedia {Path(dump).resolve()}
-temporary-path = tmp
-seed = {params.seed}
-unit = {params.unit}
-split-ratio = {params.split_ratio}
-valid-ratio = {params.valid_ratio}
-{reuse}output-vocab = build/vocab.txt
-output-raw-corpus = build/corpus.raw.txt
-output-train-corpus = build/corpus.train.txt
-output-valid-corpus = build/corpus.valid.txt
-output-test-corpus = build/corpus.test.txt
-output-articles = build/{ARTICLES}
-"""
-
-
-def _run_expanda(workspace: Path, expanda_dir: Path) -> None:
-    """Run `python -m expanda build`, passing its output through; fail with its real error."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(expanda_dir).resolve())] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    tail: collections.deque[str] = collections.deque(maxlen=200)
-    with subprocess.Popen([sys.executable, "-m", "expanda", "build", "expanda.cfg"], cwd=workspace, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:
-            sys.stderr.write(line)
-            tail.append(line.rstrip("\n"))
-    if proc.returncode != 0:
-        errors = [line for line in tail if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
-        raise UserError(f"expanda build failed: {errors[-1] if errors else f'exit code {proc.returncode}'}")
-
-
-def check_outputs(build: Path, unit: str) -> None:
-    """Every file non-empty, vocab starts with the specials, corpus lines are token lists."""
-    for name in corpus_files(unit):
-        path = build / name
-        if not path.is_file() or path.stat().st_size == 0:
-            raise UserError(f"expanda produced no {name}: the dump yielded no sentences between "
-                            "corpus.min_length and corpus.max_length")
-    with open(build / "vocab.txt", encoding="utf-8") as fh:
-        head = tuple(fh.readline().rstrip("\n") for _ in SPECIALS)
-    if head != SPECIALS:
-        raise UserError(f"expanda's vocab.txt starts with {head}, expected {SPECIALS}")
-    for name in ("corpus.train.txt", "corpus.valid.txt", "corpus.test.txt"):
-        with open(build / name, encoding="utf-8") as fh:
-            for number, line in zip(range(1, 1001), fh):
-                if "\t" in line or "  " in line.strip():
-                    raise UserError(f"expanda's {name} line {number} is not space-separated WordPiece tokens")
-
-
 def _input_vocab(params: CorpusParams) -> Path:
     path = Path(params.input_vocab)
     if not path.is_file():
@@ -171,33 +95,7 @@ def _input_vocab(params: CorpusParams) -> Path:
     return path
 
 
-def build_corpus(dump: Path, expanda: Path, out: Path, params: CorpusParams) -> dict:
-    """Build the corpus of `dump` into the folder `out` (its `corpus_files`) and return line counts."""
-    if params.input_vocab:
-        _input_vocab(params)
-    if params.min_length >= params.max_length:
-        raise UserError(f"corpus.min_length ({params.min_length}) must be below "
-                        f"corpus.max_length ({params.max_length})")
-    with atomic_dir(out, "build-corpus") as staging:
-        workspace = staging / "workspace"
-        workspace.mkdir()
-        (workspace / "expanda.cfg").write_text(render_config(dump, params))
-        _run_expanda(workspace, expanda)
-        check_outputs(workspace / "build", params.unit)
-        counts = {name: _count_lines(workspace / "build" / name) for name in corpus_files(params.unit)}
-        for name in corpus_files(params.unit):
-            os.replace(workspace / "build" / name, staging / name)
-        shutil.rmtree(workspace)
-    print(f"corpus: {counts}", file=sys.stderr)
-    return counts
-
-
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as fh:
-        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
-
-
-# --- whole wikis: one extraction job per file or piece, then gather jobs ------------------
+# --- the corpus: one extraction job per file or piece, then gather jobs ------------------------
 #
 # extract_chunk  one piece of one multistream file -> expanda's Wikipedia extension -> its
 #                articles scattered over `corpus.buckets` buckets by a seeded hash of the page id
@@ -432,6 +330,9 @@ def _bucket_ranks(extracted: list[Path], bucket: int) -> tuple[int, int]:
 
 def split_sizes(articles: int, params: CorpusParams) -> tuple[int, int]:
     """Test and validation articles: the first ceil(N x split_ratio), then ceil(N x valid_ratio)."""
+    if articles == 0:
+        raise UserError("the dump gave no article with a sentence between corpus.min_length and corpus.max_length "
+                        "(the extraction logs count the pages skipped as over corpus.max_page_bytes)")
     test, valid = math.ceil(articles * params.split_ratio), math.ceil(articles * params.valid_ratio)
     if test + valid >= articles:
         raise UserError(f"{articles} articles leave none for training after {test} test and {valid} "
@@ -553,9 +454,12 @@ def gather_corpus(listing: Path, extracted: list[Path], bucket_dirs: list[Path],
             _append_bucket(Path(bucket), Path(token_file), files, counts)
     stats = [json.loads((Path(c) / "stats.json").read_text()) for c in extracted]
     meta = json.loads(Path(listing).read_text())
-    summary = {"source": "wiki", "wiki": meta["wiki"], "date": meta["date"], "lang": stats[0]["lang"],
-               "articles": counts[ARTICLES], "pieces": len(stats),
-               "files": {name: meta["files"][name] for name in sorted({s["file"] for s in stats})}}
+    files = {name: dict(meta["files"][name]) for name in sorted({s["file"] for s in stats})}
+    for name, sums in files.items():  # a one-file listing learns its file's sums only once it is fetched
+        if not sums["sha1"]:
+            sums["sha1"] = file_digest(Path(listing).parent / name, "sha1")
+    summary = {"source": meta["source"], "wiki": meta["wiki"] or meta["name"], "date": meta["date"],
+               "lang": stats[0]["lang"], "articles": counts[ARTICLES], "pieces": len(stats), "files": files}
     with atomic_path(info) as tmp_info:
         tmp_info.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"corpus: {counts}", file=sys.stderr)

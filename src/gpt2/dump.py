@@ -276,7 +276,27 @@ def _checked_entries(files: dict, params: DumpParams, date: str) -> dict[str, di
 
 
 def list_dump(out: Path, params: DumpParams) -> dict:
-    """Write the dump's file list: data files of dump.parts in page order, their index files, sizes, sums."""
+    """Write the dump's file list, what every later stage plans from: a whole wiki's files (`_list_wiki`),
+    or the one file of the sample, a URL or a path."""
+    listing = _list_wiki(params) if params.source == "wiki" else _list_one_file(params)
+    with atomic_path(Path(out)) as tmp:
+        tmp.write_text(json.dumps(listing, indent=2) + "\n")
+    size = sum(listing["files"][p["file"]]["size"] or 0 for p in listing["parts"])
+    print(f"{listing['name']}: {len(listing['parts'])} file(s) ({size / 1e9:.2f} GB of bz2 listed)", file=sys.stderr)
+    return listing
+
+
+def _list_one_file(params: DumpParams) -> dict:
+    """A one-file listing: `<name>.xml.bz2`, fetched by fetch_dump's rules for the source."""
+    name = dump_name(params)
+    file = f"{name}.xml.bz2"
+    return {"source": params.source, "name": name, "wiki": "", "date": "", "mirror": "",
+            "parts": [{"file": file, "part": 1, "first_page": 0, "index": ""}],
+            "files": {file: {"size": None, "sha1": params.sha1 or None, "md5": params.md5 or None}}}
+
+
+def _list_wiki(params: DumpParams) -> dict:
+    """Data files of dump.parts in page order, their index files, sizes and sums, from dumpstatus.json."""
     read = mirror_reader(params.mirror, params.timeout_s)
     date, job = resolve_date(params, read)
     files = _checked_entries(job.get("files", {}), params, date)
@@ -290,20 +310,19 @@ def list_dump(out: Path, params: DumpParams) -> dict:
     chosen = _select_parts(params.parts, {p["part"] for p in parts})
     parts = sorted((p for p in parts if p["part"] in chosen), key=lambda p: (p["part"], p["first_page"]))
     keep = {p["file"] for p in parts} | {p["index"] for p in parts if p["index"]}
-    listing = {"wiki": params.wiki, "date": date, "mirror": params.mirror, "parts": parts,
-               "files": {name: files[name] for name in sorted(keep)}}
-    with atomic_path(Path(out)) as tmp:
-        tmp.write_text(json.dumps(listing, indent=2) + "\n")
-    size = sum(listing["files"][p["file"]]["size"] or 0 for p in parts)
-    print(f"{params.wiki} {date}: {len(parts)} files of parts {params.parts} ({size / 1e9:.2f} GB of bz2)",
-          file=sys.stderr)
-    return listing
+    return {"source": "wiki", "name": f"{params.wiki}-{date}", "wiki": params.wiki, "date": date,
+            "mirror": params.mirror, "parts": parts, "files": {name: files[name] for name in sorted(keep)}}
 
 
 def fetch_part(listing: Path, file: str, out: Path, params: DumpParams) -> None:
     """Fetch one file of the listing to `out`, resumable; accept it only at its listed size and sums."""
     meta = json.loads(Path(listing).read_text())
-    if file not in meta["files"] or not any(p.fullmatch(file) for p in file_patterns(meta["wiki"], meta["date"])):
+    if file not in meta["files"]:
+        raise UserError(f"{file} is not a file of {listing}; delete the listing to list the dump again")
+    if meta["source"] != "wiki":
+        fetch_dump(Path(out), params)
+        return
+    if not any(p.fullmatch(file) for p in file_patterns(meta["wiki"], meta["date"])):
         raise UserError(f"{file} is not a file of {listing}; delete the listing to list the dump again")
     entry, folder = meta["files"][file], f"{meta['wiki']}/{meta['date']}"
     expected = {k: entry[k] for k in ("sha1", "md5") if entry.get(k)}

@@ -78,10 +78,9 @@ def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: di
              f"| context | {cfg.seq_len} tokens |", f"| vocabulary | {cfg.vocab_size} WordPiece tokens |",
              f"| parameters | {counts['total']:,} ({counts['non_embedding']:,} without embeddings) |", ""]
     if dump is not None:
-        files = dump.get("files") or {dump.get("file", "?"): {"sha1": dump.get("sha1", "?")}}
-        lines += ["## Data", "", f"Wikipedia dump `{dump.get('wiki', dump.get('source'))}` "
-                  f"{dump.get('date', '')}, language `{dump['lang']}`, {dump['articles']:,} articles; files:", ""]
-        lines += [f"- `{Path(f).name}` (sha1 `{m.get('sha1')}`)" for f, m in files.items()] + [""]
+        lines += ["## Data", "", f"Wikipedia dump `{dump['wiki']}` {dump['date']}, language `{dump['lang']}`, "
+                  f"{dump['articles']:,} articles; files:", ""]
+        lines += [f"- `{name}` (sha1 `{sums['sha1']}`)" for name, sums in dump["files"].items()] + [""]
     lines += ["## Training", "", f"{state['step']:,} steps, {state['tokens']:,} tokens "
               f"({train['batch_tokens']:,} per step), AdamW lr {train['lr']:g} with {train['warmup_steps']} warmup "
               f"steps and cosine decay to {train['lr'] * train['min_lr_ratio']:g}, weight decay "

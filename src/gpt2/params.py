@@ -49,14 +49,14 @@ def param(default: Any, help: str, *, minimum: float | None = None, maximum: flo
 
 @dataclass(frozen=True)
 class DumpParams:
-    """The Wikipedia dump.
+    """The Wikipedia dump, as a listing of one or more files that the corpus stage reads.
     sample: the real (shortened) English Wikipedia dump shipped in the gensim
-            wheel -- offline, 206 pages, the default.
+            wheel -- offline, 206 pages, the default (a one-file listing).
     url:    download dump.url (HTTP range resume, retries, checksum check).
     path:   a dump you already have on disk (dump.path).
     wiki:   a whole wiki (dump.wiki, dump.date) as Wikimedia publishes it: the
-            pages-articles-multistream files of dump.parts, one fetch and one
-            extraction job per file or piece (profiles/README.md: enwiki on SLURM)."""
+            pages-articles-multistream files of dump.parts, one fetch job per
+            file (profiles/README.md: enwiki on SLURM)."""
 
     source: Literal["sample", "url", "path", "wiki"] = param(
         "sample", "where the dump comes from: sample, url, path or wiki")
@@ -72,9 +72,9 @@ class DumpParams:
     parts: str = param("all", "source wiki: part numbers to use: all, or e.g. 1 / 1-3 / 1,4 (enwiki has 27 "
                               "parts; small wikis publish one file, part 1)",
                        pattern="^(all|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$")
-    name: str = param("", "stored as resources/dumps/<name>.xml.bz2 (source wiki: the folder resources/dumps/<name>/); "
+    name: str = param("", "the dump's folder resources/dumps/<name>/ (a one-file source is <name>.xml.bz2 in it); "
                           "empty: from the URL, file name or <wiki>-<date> (enwiki-sample for the sample)",
-                      pattern="^[A-Za-z0-9._-]*$", where="config")
+                      pattern="^[A-Za-z0-9._-]*$")
     sha1: str = param("", "expected sha1; empty with source url: the published <wiki>-<date>-sha1sums.txt "
                           "(source wiki: each file's sha1 from dumpstatus.json)",
                       pattern="^([0-9a-f]{40})?$")
@@ -93,32 +93,32 @@ class DumpParams:
 class CorpusParams:
     """The corpus expanda builds from the dump."""
 
-    unit: Literal["article", "sentence"] = param(
-        "article", "article: whole articles are shuffled and split, each keeps its sentences in order; "
-                   "sentence: expanda 1.3.1's sentence-level corpus")
     vocab_size: int = param(8000, "WordPiece vocabulary incl. <unk> <s> </s> <pad>", minimum=100, maximum=65535)
     limit_alphabet: int = param(1000, "most distinct characters WordPiece keeps", minimum=1)
     min_length: int = param(50, "sentences shorter than this (characters) are dropped", minimum=0)
     max_length: int = param(1000, "sentences longer than this (characters) are dropped", minimum=1)
-    split_ratio: float = param(0.1, "fraction of articles (unit sentence: lines) held out as the test split",
-                               above=0, below=1)
-    valid_ratio: float = param(0.05, "fraction of articles (unit sentence: lines) held out as the validation "
-                                     "split, which training evaluates on", above=0, below=1)
+    split_ratio: float = param(0.1, "fraction of articles held out as the test split (whole articles, each "
+                                    "keeping its sentences in order)", above=0, below=1)
+    valid_ratio: float = param(0.05, "fraction of articles held out as the validation split, which training "
+                                     "evaluates on", above=0, below=1)
     split_sent: bool = param(True, "one sentence a line; false: expanda packs an article's consecutive sentences "
                                    "into lines of up to max_length characters")
-    subset_size: int = param(1_000_000_000, "bytes of the shuffled corpus's head that WordPiece is trained on",
-                             minimum=1)
+    subset_size: int = param(1_000_000_000, "bytes of the train articles' head (in shuffled order) that "
+                                            "WordPiece is trained on", minimum=1)
     input_vocab: str = param("", "reuse this vocab.txt instead of training one (e.g. to score a model on "
                                  "another dump)")
     max_page_bytes: int = param(16 << 20, "pages whose wikitext is larger are skipped and counted, never held in "
                                           "memory (MediaWiki caps an article at 2 MiB)", minimum=1024)
-    seed: int = param(0, "seeds expanda's shuffle: the same dump gives the same corpus", minimum=0)
-    threads: int = param(2, "expanda worker processes (capped by --cores); source wiki: per extraction job",
-                         minimum=1, maximum=256)
-    extract_jobs: int = param(16, "source wiki: extraction jobs to aim for: each file is cut into "
-                                  "ceil(extract_jobs / files) pieces at its bz2 streams", minimum=1, maximum=4096)
-    buckets: int = param(16, "source wiki: shuffle buckets, one gather, tokenizing and sharding job each; a gather "
-                             "job holds ~1/buckets of the articles' index", minimum=1, maximum=4096)
+    seed: int = param(0, "seeds the article order (a hash of seed and page id): the same dump gives the same "
+                         "corpus", minimum=0)
+    threads: int = param(2, "expanda worker processes per extraction job (capped by --cores)", minimum=1,
+                         maximum=256)
+    extract_jobs: int = param(1, "extraction jobs to aim for: each file with a multistream index is cut into "
+                                 "ceil(extract_jobs / files) pieces at its bz2 streams (a whole wiki: 16 and more)",
+                              minimum=1, maximum=4096)
+    buckets: int = param(1, "shuffle buckets, one gather, tokenizing and sharding job each; a gather job holds "
+                            "~1/buckets of the articles' index (a whole wiki: 16 and more)", minimum=1,
+                         maximum=4096)
 
 
 @dataclass(frozen=True)

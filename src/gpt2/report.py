@@ -112,7 +112,7 @@ def eval_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> 
 
 def corpus_table(manifest: str | Path, dump_info: str | Path, csv: str | Path, html: str | Path) -> pd.DataFrame:
     m, info = json.loads(Path(manifest).read_text()), json.loads(Path(dump_info).read_text())
-    rows = [{"split": name, "articles in dump": info["articles"], "language": info["lang"], "unit": m["unit"],
+    rows = [{"split": name, "articles in corpus": info["articles"], "language": info["lang"], "unit": m["unit"],
              "documents": s["documents"], "lines": s["lines"], "tokens": s["tokens"], "bytes": s["bytes"],
              "<unk> tokens": s["unk_tokens"],
              "unk rate": s["unk_tokens"] / s["tokens"], "shards": len(s["shards"]), "vocab size": m["vocab_size"]}

@@ -1,10 +1,11 @@
 """Stage 3: expanda's token lines -> uint16 token-id shards + manifest.json.
 
 Layout: each split (train, valid, test) is one stream of token ids made of
-documents packed back to back (no padding). A document is an article (unit
-article: its sentences' tokens in order, nothing between them -- WordPiece
-has no whitespace token, and a sentence's own punctuation ends it) or one
-corpus line (unit sentence), and ends with the `</s>` id. The stream is cut into
+documents packed back to back (no padding). A document is an article (its
+sentences' tokens in order, nothing between them -- WordPiece has no
+whitespace token, and a sentence's own punctuation ends it) or, for text
+corpora given to `train --train_corpus` without an article table, one line
+(unit "sentence" in the manifest), and ends with the `</s>` id. The stream is cut into
 `<split>_NNNNNN.bin` files of at most `shard_tokens` ids, raw little-endian
 uint16, so `numpy.memmap(path, dtype="<u2")` reads a shard without copying.
 Ids are the line numbers of vocab.txt as it is (expanda already put
@@ -96,7 +97,7 @@ def article_sizes(articles: Path, split: str) -> list[int]:
 
 def documents(tokens: IO[str], raw: IO[bytes] | None, sizes: list[int] | None,
               last: bool = True) -> Iterator[Document]:
-    """The documents of one split: runs of `sizes` lines (articles), or every line alone (unit sentence).
+    """The documents of one split: runs of `sizes` lines (articles), or every line alone (no article table).
 
     `last`: the split ends the file, so no line may be left after it.
     """
@@ -187,8 +188,8 @@ def write_manifest(folder: Path, splits: dict, vocab_path: Path, corpora: dict[s
     vocab = load_vocab(vocab_path)
     total = sum(s["tokens"] for s in splits.values())
     manifest = {
-        "format": "raw little-endian uint16 token ids; each document (an article, or a line with unit "
-                  "sentence) is its lines' tokens back to back, then </s>; documents packed",
+        "format": "raw little-endian uint16 token ids; each document (an article, or a line of a text "
+                  "corpus with unit sentence) is its lines' tokens back to back, then </s>; documents packed",
         "unit": unit,
         "dtype": DTYPE.str,
         "vocab": os.path.relpath(vocab_path, folder),  # relative to the manifest (staging is beside its final place)
