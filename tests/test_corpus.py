@@ -19,7 +19,8 @@ import pytest
 
 from conftest import ROOT, gpt2, serve, snakemake, write_dump
 from gpt2 import UserError
-from gpt2.corpus import _wiki_args, installed_expanda, patch_expanda, piece_ranges, stream_offsets
+from gpt2.corpus import _wiki_args, piece_ranges, stream_offsets
+from gpt2.patched_expanda import installed_expanda, patch_expanda
 from gpt2.files import file_digest
 from gpt2.params import CorpusParams
 from gpt2.vocab import SPECIALS

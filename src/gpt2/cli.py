@@ -108,7 +108,7 @@ class Command:
 COMMANDS = {
     "fetch-dump": Command("gpt2.dump:fetch_dump", "put a verified Wikipedia dump in place", (
         Arg("out", "destination .xml.bz2 (a .json sidecar goes beside)", required=True),), (DumpParams,)),
-    "patch-expanda": Command("gpt2.corpus:patch_expanda", "copy the installed expanda and apply patches/", (
+    "patch-expanda": Command("gpt2.patched_expanda:patch_expanda", "copy the installed expanda and apply patches/", (
         Arg("out", "folder for the patched copy", required=True),
         _file("patches", "the *.patch files, applied in name order", required=True, options={"nargs": "+"}))),
     "list-dump": Command("gpt2.dump:list_dump", "list the dump's files: the one file of the sample, a URL or a "

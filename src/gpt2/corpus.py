@@ -1,11 +1,8 @@
-"""Stage 2: the hand edit of expanda as a rule, then the corpus, built from the dump's listing.
+"""Stage 2: the corpus, built from the dump's listing with the patched expanda (expanda.py).
 
-`patch_expanda` copies the installed expanda 1.3.1 into a private folder and
-applies patches/*.patch there (site-packages is never touched). The corpus is
-then built in scatter-gather jobs (below) whatever the dump's source: the
-sample, a URL or a path is a listing of one file. The patches make articles
-the unit (patches/0005) and the vocabulary reproducible (0007);
-docs/pipeline.md says how.
+Every source takes the same scatter-gather jobs (below): the sample, a URL or a
+path is a listing of one file. The patches make articles the unit
+(patches/0005) and the vocabulary reproducible (0007); docs/pipeline.md says how.
 """
 
 from __future__ import annotations
@@ -14,15 +11,12 @@ import bz2
 import collections
 import contextlib
 import hashlib
-import importlib.metadata
-import importlib.util
 import io
 import json
 import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,58 +27,12 @@ from gpt2.articles import HEADER, article_row, read_articles
 from gpt2.dump import check_language
 from gpt2.files import atomic_dir, atomic_path, file_digest
 from gpt2.params import CorpusParams
+from gpt2.patched_expanda import import_patched
 from gpt2.vocab import BOS, EOS, PAD, UNK
 from gpt2.wikixml import ExportError
 
-EXPANDA_VERSION = "1.3.1"
 ARTICLES = "corpus.articles.tsv"  # split, page id, title and lines of each article, in corpus order
 ARTICLE_MARK = b"\x01"  # starts an article's header line in expanda's extraction output (patches/0005)
-
-
-def installed_expanda() -> Path:
-    """The installed expanda package folder, checked to be the version the patches target."""
-    try:
-        version = importlib.metadata.version("expanda")
-    except importlib.metadata.PackageNotFoundError:
-        raise UserError("expanda is not installed: run `make setup`") from None
-    if version != EXPANDA_VERSION:
-        raise UserError(f"expanda {version} is installed, but patches/ target {EXPANDA_VERSION}: "
-                        f"pip install expanda=={EXPANDA_VERSION}")
-    spec = importlib.util.find_spec("expanda")
-    return Path(spec.submodule_search_locations[0])
-
-
-def _apply_patch(patch: Path, tree: Path) -> None:
-    cmd = ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-d", str(tree), "-i",
-           str(patch.resolve())]
-    dry = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
-    if dry.returncode != 0:
-        target, reason = "?", dry.stdout.strip().splitlines()[-1:] or [dry.stderr.strip()]
-        for line in dry.stdout.splitlines():
-            if line.startswith(("checking file ", "patching file ")):
-                target = line.split(" file ", 1)[1].strip()
-            if "FAILED" in line or "Reversed" in line or "can't find file" in line:
-                reason = [line.strip()]
-                break
-        raise UserError(f"patch {patch.name} does not apply to expanda/{target}: {reason[0]}")
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-def patch_expanda(out: Path, patches: list[Path]) -> list[dict]:
-    """Copy the installed expanda to `out`/expanda and apply `patches` in name order."""
-    found = sorted(map(Path, patches), key=lambda p: p.name)
-    if not found:
-        raise UserError("no patches given: pass the *.patch files of patches/")
-    applied = []
-    with atomic_dir(out, "patch-expanda") as staging:
-        tree = staging / "expanda"
-        shutil.copytree(installed_expanda(), tree, ignore=shutil.ignore_patterns("__pycache__"))
-        for patch in found:
-            _apply_patch(patch, tree)
-            applied.append({"patch": patch.name, "sha256": file_digest(patch)})
-            print(f"applied {patch.name}", file=sys.stderr)
-        (staging / "patches.json").write_text(json.dumps(applied, indent=2) + "\n")
-    return applied
 
 
 def _input_vocab(params: CorpusParams) -> Path:
@@ -210,20 +158,10 @@ def _dump_language(dump: Path, header_end: int | None) -> str:
     return lang
 
 
-def _import_patched(expanda: Path):
-    """The patched expanda package of `patch_expanda`, imported ahead of site-packages."""
-    sys.path.insert(0, str(Path(expanda).resolve()))
-    import expanda as module
-
-    if Path(module.__file__).resolve().parent != (Path(expanda) / "expanda").resolve():
-        raise UserError(f"expanda was imported from {module.__file__}, not from {expanda}")
-    return module
-
-
 def extract_chunk(dump: Path, index: Path | None, piece: int, pieces: int, expanda: Path, out: Path,
                   params: CorpusParams) -> dict:
     """Extract piece `piece` of `pieces` of one dump file and scatter its articles into bucket files in `out`."""
-    _import_patched(expanda)
+    import_patched(expanda)
     from expanda.extension import Extension
 
     if pieces > 1 and index is None:
@@ -412,7 +350,7 @@ def _train_head(buckets: list[Path], dest: Path, limit: int) -> int:
 
 def train_vocab(bucket_dirs: list[Path], expanda: Path, out: Path, params: CorpusParams) -> None:
     """WordPiece (expanda's trainer, patched) on the first corpus.subset_size bytes of train articles."""
-    _import_patched(expanda)
+    import_patched(expanda)
     from expanda.tokenization import train_tokenizer
 
     with atomic_path(out) as tmp:
@@ -433,7 +371,7 @@ def train_vocab(bucket_dirs: list[Path], expanda: Path, out: Path, params: Corpu
 
 def tokenize_bucket(bucket: Path, vocab: Path, expanda: Path, out: Path) -> None:
     """expanda's tokenizer (the shared vocabulary) over one bucket's raw.txt."""
-    _import_patched(expanda)
+    import_patched(expanda)
     from expanda.tokenization import tokenize_corpus
 
     with atomic_path(out) as tmp:
