@@ -173,7 +173,7 @@ class TrainParams(Hardware):
     micro_batch: int = param(4, "sequences per forward pass per process; accumulation fills the batch", minimum=1,
                              aliases=("--batch_train",))
     batch_eval: int = param(16, "sequences per forward pass in the periodic evaluation", minimum=1)
-    lr: float = param(0.002, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
+    lr: float = param(0.001, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
     min_lr_ratio: float = param(0.1, "cosine decay ends at lr x this", minimum=0, maximum=1, trajectory=True)
     warmup_steps: int = param(5, "linear warmup steps", minimum=0, trajectory=True)
     init_prior: bool = param(True, "start the untrained model at the train split's unigram distribution instead "
