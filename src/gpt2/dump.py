@@ -1,15 +1,14 @@
-"""Stage 1: get a Wikipedia dump into resources/dumps/, verified.
+"""Stage 1: the dump as a listing of files in resources/dumps/<name>/, each fetched and verified.
 
-Three single-file sources: the real (shortened) enwiki sample shipped in the
-gensim wheel, an HTTP(S) download (download.py: range resume, retries, size and
-checksum verification), or a file the user already has. Such a dump is inspected once
-(bz2, MediaWiki XML, language, main-namespace articles) and described in a
-JSON sidecar that later stages read instead of parsing the dump again.
-
-A whole wiki (source wiki) is listed from the dumpstatus.json Wikimedia
-publishes for it (`list_dump`), then fetched one file per job (`fetch_part`);
-its extraction jobs (corpus.py) check what they read, so nothing decompresses
-the whole dump just to inspect it.
+`list_dump` writes the listing every later stage plans from. Three sources are
+one file: the real (shortened) enwiki sample shipped in the gensim wheel, an
+HTTP(S) download (download.py: range resume, retries, size and checksum
+verification), or a file the user already has; `fetch_part` fetches it with
+`fetch_dump`, which inspects it once (bz2, MediaWiki XML, language,
+main-namespace articles). A whole wiki (source wiki) is listed from the
+dumpstatus.json Wikimedia publishes for it, names matched whole, and fetched
+one file per job; the extraction jobs (corpus.py) check what they read, so
+nothing decompresses the whole dump just to inspect it.
 """
 
 from __future__ import annotations
