@@ -55,7 +55,7 @@ def write_dump(path: Path, pages: list[tuple[int, str, str]], lang: str = "en") 
 class DumpServer(http.server.ThreadingHTTPServer):
     """Serves `files` on 127.0.0.1 with Range support, and misbehaves on request: it can cut the first
     N responses short, answer first with given statuses, ignore Range, answer a Range from byte 0,
-    leave out Content-Length, or redirect a path elsewhere."""
+    or leave out Content-Length."""
 
     def __init__(self, files: dict[str, bytes]):
         super().__init__(("127.0.0.1", 0), RangeHandler)
@@ -66,7 +66,6 @@ class DumpServer(http.server.ThreadingHTTPServer):
         self.ignore_range = False  # answer 200 and the whole file to a Range request
         self.range_from_zero = False  # answer a Range request with 206 and the bytes from 0
         self.no_length = False  # no Content-Length: the client cannot tell a cut from the end
-        self.redirects: dict[str, str] = {}  # path -> Location
         self.log: list[dict] = []  # one entry per dump request: range asked, bytes sent
 
     @property
@@ -80,11 +79,6 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         srv = self.server
-        if self.path in srv.redirects:
-            self.send_response(302)
-            self.send_header("Location", srv.redirects[self.path])
-            self.end_headers()
-            return
         data = srv.files.get(self.path)
         if data is None:
             self.send_error(404)
