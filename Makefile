@@ -38,6 +38,7 @@ bench: setup
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_extract.py
 
 # Training curves of every model under results/train/ (train/valid loss, lr, tokens/s, grad norm, MFU).
 tensorboard: setup

@@ -39,6 +39,7 @@ rule extract_chunk:
             "max_length",
             "max_page_bytes",
             "split_sent",
+            "list_pages",
             "seed",
             "buckets",
         ),
@@ -121,6 +122,7 @@ rule gather_corpus:
         train="results/corpus/corpus.train.txt",
         valid="results/corpus/corpus.valid.txt",
         test="results/corpus/corpus.test.txt",
+        audit="results/corpus/audit.json",
         info=DUMP_INFO,
     log:
         "results/logs/gather_corpus.log",

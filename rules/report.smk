@@ -108,6 +108,29 @@ rule corpus_table:
         " --html {output.html:q} 2> {log:q}"
 
 
+rule audit_table:
+    input:
+        "results/corpus/audit.json",
+    output:
+        csv=report(
+            "results/tables/audit.csv",
+            category="Corpus",
+            labels={"table": "audit", "format": "csv"},
+        ),
+        html=report(
+            "results/tables/audit.html",
+            caption="../report/audit.rst",
+            category="Corpus",
+            labels={"table": "audit", "format": "html"},
+        ),
+    log:
+        "results/logs/audit_table.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m gpt2 table audit --inputs {input:q} --csv {output.csv:q} --html {output.html:q} 2> {log:q}"
+
+
 rule runtime_table:
     # The evaluations come last in the DAG: once they exist, so do all benchmark files read here.
     input:
@@ -141,4 +164,5 @@ rule report_all:
         expand("results/samples/{model}.txt", model=REPORT_MODELS),
         "results/tables/evaluation.html",
         "results/tables/corpus.html",
+        "results/tables/audit.html",
         "results/tables/runtime.html",

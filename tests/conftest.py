@@ -37,17 +37,19 @@ def gpt2(*args: str, cwd: Path | None = None, timeout: float = 600) -> subproces
                           timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
 
 
-def write_dump(path: Path, pages: list[tuple[int, str, str]], lang: str = "en") -> Path:
-    """A bz2 MediaWiki export (schema 0.10) with (namespace, title, wikitext) pages."""
+def write_dump(path: Path, pages: list[tuple], lang: str = "en", namespaces: dict[int, str] | None = None) -> Path:
+    """A bz2 MediaWiki export (schema 0.10) with (namespace, title, wikitext[, redirect target]) pages."""
     body = "".join(
         f"<page><title>{escape(title)}</title><ns>{ns}</ns><id>{i}</id>"
-        f"<revision><id>{i}</id><text xml:space=\"preserve\">{escape(text)}</text></revision></page>\n"
-        for i, (ns, title, text) in enumerate(pages, 1)
+        + (f'<redirect title="{escape(target[0], {chr(34): "&quot;"})}" />' if target else "")
+        + f"<revision><id>{i}</id><text xml:space=\"preserve\">{escape(text)}</text></revision></page>\n"
+        for i, (ns, title, text, *target) in enumerate(pages, 1)
     )
+    names = "".join(f'<namespace key="{key}" case="first-letter">{escape(name)}</namespace>'
+                    for key, name in (namespaces or {14: "Category"}).items())
     xml = (f'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" xml:lang="{lang}">\n'
-           "<siteinfo><sitename>Test</sitename><namespaces>"
-           '<namespace key="0" case="first-letter" /><namespace key="14" case="first-letter">Category</namespace>'
-           f"</namespaces></siteinfo>\n{body}</mediawiki>\n")
+           '<siteinfo><sitename>Test</sitename><namespaces><namespace key="0" case="first-letter" />'
+           f"{names}</namespaces></siteinfo>\n{body}</mediawiki>\n")
     path.write_bytes(bz2.compress(xml.encode("utf-8")))
     return path
 

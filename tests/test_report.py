@@ -66,7 +66,11 @@ def test_tables_and_samples_carry_the_results(report_run):
     assert list(corpus["lines"]) == [manifest["splits"][s]["lines"] for s in corpus["split"]]
     assert list(corpus["documents"]) == [manifest["splits"][s]["documents"] for s in corpus["split"]]
     assert set(corpus["split"]) == {"train", "valid", "test"} and set(corpus["unit"]) == {"article"}
-    assert set(corpus["articles in corpus"]) == {103}
+    assert set(corpus["articles in corpus"]) == {97}
+    audit = pd.read_csv(results / "tables/audit.csv").set_index(["section", "what"])["count"]
+    counts = json.loads((results / "corpus/audit.json").read_text())
+    assert audit["pages", "articles kept"] == counts["pages"]["articles kept"] == 97
+    assert audit["pages dropped", "redirect"] == 99 and audit["sentences", "kept"] == sum(corpus["lines"])
     runtime = pd.read_csv(results / "tables/runtime.csv")
     assert {"gather_corpus", "train/tiny", "evaluate/tiny"} <= set(runtime["job"])
     samples = (results / "samples/tiny.txt").read_text()

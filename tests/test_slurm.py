@@ -105,4 +105,4 @@ def test_a_three_part_wiki_is_built_by_slurm_jobs(cluster, tmp_path):
     for job, rule in jobs:
         show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=cluster).stdout
         assert "JobState=COMPLETED" in show, (rule, show)
-    assert (tmp_path / "results/corpus/corpus.articles.tsv").read_text().count("\n") == 104  # header + 103
+    assert (tmp_path / "results/corpus/corpus.articles.tsv").read_text().count("\n") == 98  # header + 97

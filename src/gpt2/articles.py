@@ -6,6 +6,7 @@ One row a line, tab-separated; `corpus.articles.tsv` starts with a header row, a
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,11 @@ class Article:
     title: str
     lines: int  # its lines in the corpus files, which hold the articles one after another
     row: bytes  # the row as written, to copy it on unchanged
+
+
+def article_key(seed: int, page_id: int) -> int:
+    """The article's place in the shuffled corpus: a 64-bit hash of the seed and page id."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{page_id}".encode(), digest_size=8).digest(), "big")
 
 
 def article_row(split: str, page_id: int, title: str, lines: int) -> str:

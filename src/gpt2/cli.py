@@ -122,7 +122,7 @@ COMMANDS = {
         _file("index", "its multistream index (needed for --pieces > 1)"),
         Arg("piece", "which piece, from 0", int, required=True),
         Arg("pieces", "pieces the file is cut into at its bz2 streams", int, required=True),
-        EXPANDA, Arg("out", "folder for the bucket files and stats.json", required=True)), (CorpusParams,)),
+        EXPANDA, Arg("out", "folder for the bucket files, stats.json and audit.json", required=True)), (CorpusParams,)),
     "gather-bucket": Command("gpt2.corpus:gather_bucket", "one bucket of every piece, in hash order, "
                              "with each article's split", (
         EXTRACTED, Arg("bucket", "which bucket, from 0", int, required=True),
@@ -135,7 +135,7 @@ COMMANDS = {
     "gather-corpus": Command("gpt2.corpus:gather_corpus", "the buckets into the corpus files", (
         LISTING, EXTRACTED, BUCKETS,
         _file("tokens", "tokenize-bucket outputs, in bucket order", required=True, options={"nargs": "+"}),
-        Arg("out", "folder for corpus.*.txt and corpus.articles.tsv", required=True),
+        Arg("out", "folder for corpus.*.txt, corpus.articles.tsv and audit.json", required=True),
         Arg("info", "the dump's JSON sidecar to write", required=True))),
     "make-shards": Command("gpt2.shards:make_shards", "token lines -> uint16 shards + manifest.json", (
         NEEDS_VOCAB, *CORPUS_SPLITS,
@@ -191,10 +191,10 @@ COMMANDS = {
     "samples": Command("gpt2.report:write_samples", "seeded completions of the report's prompts", (
         MODEL, NEEDS_VOCAB, Arg("output", "the samples file", required=True)), (ReportParams,)),
     "table": Command("gpt2.report:write_table", "a CSV + HTML table for the report", (
-        Arg("kind", "evaluation, corpus or runtime", str, positional=True,
-            options={"choices": ["evaluation", "corpus", "runtime"]}),
-        _file("inputs", "evaluation: eval JSONs; corpus: manifest.json and the dump's .json; runtime: benchmark "
-                        "TSVs", required=True, options={"nargs": "+"}),
+        Arg("kind", "evaluation, corpus, audit or runtime", str, positional=True,
+            options={"choices": ["evaluation", "corpus", "audit", "runtime"]}),
+        _file("inputs", "evaluation: eval JSONs; corpus: manifest.json and the dump's .json; audit: the corpus "
+                        "audit.json; runtime: benchmark TSVs", required=True, options={"nargs": "+"}),
         Arg("csv", "output CSV", required=True), Arg("html", "output HTML", required=True))),
     "screenshot": Command("gpt2.report:screenshot_report", "PNG of the HTML report with the loss curves open "
                           "(needs chromium)", (

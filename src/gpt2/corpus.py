@@ -10,7 +10,6 @@ from __future__ import annotations
 import bz2
 import collections
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -23,7 +22,8 @@ import time
 from pathlib import Path
 
 from gpt2 import UserError
-from gpt2.articles import HEADER, article_row, read_articles
+from gpt2.articles import HEADER, article_key, article_row, read_articles
+from gpt2.audit import Audit, gather
 from gpt2.dump import check_language
 from gpt2.files import atomic_dir, atomic_path, file_digest
 from gpt2.params import CorpusParams
@@ -59,11 +59,6 @@ def _input_vocab(params: CorpusParams) -> Path:
 
 FOOTER = bz2.compress(b"</mediawiki>\n")  # closes a piece cut before the dump's last stream
 PROGRESS_S = 10.0
-
-
-def article_key(seed: int, page_id: int) -> int:
-    """The article's place in the shuffled corpus: a 64-bit hash of the seed and page id."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{page_id}".encode(), digest_size=8).digest(), "big")
 
 
 def stream_offsets(index: Path, size: int) -> list[int]:
@@ -182,8 +177,11 @@ def extract_chunk(dump: Path, index: Path | None, piece: int, pieces: int, expan
             raise UserError(f"{dump} piece {piece}: not a readable MediaWiki bz2 export ({exc})") from None
         finally:
             reader.close()
-        stats = scatter(text, staging, params)
+        audit = Audit.load(f"{text}.audit.json")
+        stats = scatter(text, staging, params, audit)
+        audit.save(staging / "audit.json")
         text.unlink()
+        Path(f"{text}.audit.json").unlink()
         shutil.rmtree(staging / "tmp")
         seconds = time.perf_counter() - started
         stats.update(file=Path(dump).name, piece=piece, pieces=pieces, lang=lang, bz2_bytes=reader.total,
@@ -199,7 +197,7 @@ def _wiki_args(params: CorpusParams) -> dict[str, str]:
     """The [expanda.ext.wikipedia] options, as expanda.cfg would give them."""
     return {"num-cores": str(params.threads), "min-length": str(params.min_length),
             "max-length": str(params.max_length), "split-sent": str(params.split_sent).lower(), "unit": "article",
-            "max-page-bytes": str(params.max_page_bytes)}
+            "max-page-bytes": str(params.max_page_bytes), "seed": str(params.seed), "list-pages": params.list_pages}
 
 
 def _header(line: bytes) -> tuple[int, str]:
@@ -226,8 +224,9 @@ def _articles(path: Path):
 SCATTER_BUFFER = 32 << 20  # bytes of articles held before they are appended to their bucket files
 
 
-def scatter(text: Path, out: Path, params: CorpusParams) -> dict:
-    """Append each article with sentences to bucket file `<bucket>.txt` in `out`; return the counts.
+def scatter(text: Path, out: Path, params: CorpusParams, audit: Audit) -> dict:
+    """Append each article with sentences to bucket file `<bucket>.txt` in `out`; return the counts
+    (and count the articles kept, and those left without a sentence, into `audit`).
 
     Articles are buffered per bucket and appended a bucket file at a time, so one file is open at
     once whatever corpus.buckets is (thousands of open buckets would pass the open-files limit)."""
@@ -238,7 +237,9 @@ def scatter(text: Path, out: Path, params: CorpusParams) -> dict:
         (out / f"{b}.txt").touch()
     for page_id, title, lines in _articles(text):
         if not lines:
-            continue  # as in a one-job build: an article without sentences is dropped
+            audit.add("pages dropped", "empty after cleaning")
+            continue
+        audit.add("pages", "articles kept")
         b = article_key(params.seed, page_id) * params.buckets >> 64
         block = ARTICLE_MARK + f"{page_id}\t{title}\n".encode("utf-8") + b"".join(lines)
         buffers[b] += block
@@ -400,6 +401,9 @@ def gather_corpus(listing: Path, extracted: list[Path], bucket_dirs: list[Path],
                "lang": stats[0]["lang"], "articles": counts[ARTICLES], "pieces": len(stats), "files": files}
     with atomic_path(info) as tmp_info:
         tmp_info.write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_path(out / "audit.json") as tmp_audit:
+        audit = gather([Path(c) / "audit.json" for c in extracted]).summary()
+        tmp_audit.write_text(json.dumps(audit, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print(f"corpus: {counts}", file=sys.stderr)
     return counts
 

@@ -99,7 +99,7 @@ def _scan_export(fh) -> dict:
     for page in export.pages():
         pages += 1
         largest = max(largest, page.size)
-        if page.ns == "0" and page.size and not page.head.lower().startswith("#redirect"):
+        if page.ns == "0" and page.size and not (page.redirect or page.head.lower().startswith("#redirect")):
             articles += 1
     return {"lang": export.lang, "pages": pages, "articles": articles, "largest_page_bytes": largest}
 

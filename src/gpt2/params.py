@@ -109,6 +109,9 @@ class CorpusParams:
                                  "another dump)")
     max_page_bytes: int = param(16 << 20, "pages whose wikitext is larger are skipped and counted, never held in "
                                           "memory (MediaWiki caps an article at 2 MiB)", minimum=1024)
+    list_pages: Literal["keep", "drop"] = param("keep", "pages titled as lists (en 'List of ...', ko '... 목록'): "
+                                                        "keep their sentences, or drop the pages (counted "
+                                                        "either way in audit.json)")
     seed: int = param(0, "seeds the article order (a hash of seed and page id): the same dump gives the same "
                          "corpus", minimum=0)
     threads: int = param(2, "expanda worker processes per extraction job (capped by --cores)", minimum=1,
@@ -173,7 +176,7 @@ class TrainParams(Hardware):
     micro_batch: int = param(4, "sequences per forward pass per process; accumulation fills the batch", minimum=1,
                              aliases=("--batch_train",))
     batch_eval: int = param(16, "sequences per forward pass in the periodic evaluation", minimum=1)
-    lr: float = param(0.001, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
+    lr: float = param(0.0015, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
     min_lr_ratio: float = param(0.1, "cosine decay ends at lr x this", minimum=0, maximum=1, trajectory=True)
     warmup_steps: int = param(5, "linear warmup steps", minimum=0, trajectory=True)
     init_prior: bool = param(True, "start the untrained model at the train split's unigram distribution instead "

@@ -122,6 +122,19 @@ def corpus_table(manifest: str | Path, dump_info: str | Path, csv: str | Path, h
     return df
 
 
+def audit_table(audit: str | Path, csv: str | Path, html: str | Path) -> pd.DataFrame:
+    """The corpus audit (results/corpus/audit.json): one row per count, with its section's meaning."""
+    a = json.loads(Path(audit).read_text(encoding="utf-8"))
+    wikitext = a["bytes"].get("wikitext", 0)
+    rows = [{"section": section, "what": key, "count": n,
+             "% of wikitext bytes": 100 * n / wikitext if section == "removed bytes" and wikitext else None,
+             "meaning": meaning if i == 0 else ""}
+            for section, meaning in a["definitions"].items() for i, (key, n) in enumerate(a[section].items())]
+    df = pd.DataFrame(rows)
+    _write_table(df, csv, html, "Corpus audit: what extraction read, kept and dropped")
+    return df
+
+
 def runtime_table(benchmarks: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
     """Wall time and peak memory of each rule, from Snakemake's benchmark: files."""
     rows = []
@@ -155,9 +168,12 @@ def write_samples(model_path: Path, vocab_path: Path, output: Path, params: Repo
 
 
 def write_table(kind: str, inputs: list[Path], csv: Path, html: Path) -> pd.DataFrame:
-    """`python -m gpt2 table KIND`: evaluation (eval JSONs), corpus (manifest + dump sidecar), runtime (TSVs)."""
+    """`python -m gpt2 table KIND`: evaluation (eval JSONs), corpus (manifest + dump sidecar), audit (audit.json),
+    runtime (TSVs)."""
     if kind == "evaluation":
         return eval_table(inputs, csv, html)
+    if kind == "audit":
+        return audit_table(inputs[0], csv, html)
     if kind == "corpus":
         if len(inputs) != 2:
             raise UserError("table corpus takes --inputs MANIFEST DUMP_INFO")

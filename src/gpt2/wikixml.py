@@ -31,14 +31,17 @@ class Page:
     text: str | None  # None: over the cap (or no <text> at all when size is 0)
     size: int  # UTF-8 bytes of the wikitext
     head: str  # its first HEAD characters, kept whatever the cap (enough to tell a redirect)
+    redirect: bool = False  # the page has a <redirect> element (a redirect in any language)
 
 
 class Export:
-    """`lang` and `namespaces` (read from the header on first use), then `pages()`."""
+    """`lang`, `namespaces` and `namespace_keys` (read from the header on first use), then `pages()`."""
 
     def __init__(self, fh: BinaryIO, max_text_bytes: int):
         self.fh, self.cap = fh, max_text_bytes
         self.lang, self.namespaces = "", []
+        self.namespace_keys: dict[int, str] = {}  # <namespace key="6">File</namespace>: 6 -> File
+        self._key = 0
         self.pages_over_cap = 0
         self._parser = expat.ParserCreate()
         self._parser.buffer_text = True
@@ -64,6 +67,10 @@ class Export:
             self._header_done = True
             self._page = {"ns": "", "page_id": "", "title": "", "text": None, "size": 0, "head": ""}
         parent = self._stack[-1] if self._stack else ""
+        if name == "redirect" and parent == "page":
+            self._page["redirect"] = True
+        elif name == "namespace":
+            self._key = int(attrs["key"]) if attrs.get("key", "").lstrip("-").isdigit() else 0
         if (name, parent) in (("namespace", "namespaces"), ("ns", "page"), ("id", "page"), ("title", "page"),
                               ("text", "revision")):
             self._field, self._size, self._head = [], 0, ""
@@ -88,6 +95,7 @@ class Export:
             if name == "namespace":
                 if value:
                     self.namespaces.append(value)
+                    self.namespace_keys[self._key] = value
             elif name == "text":
                 self._page["size"], self._page["head"] = self._size, self._head
                 self._page["text"] = value if self._size <= self.cap else None
