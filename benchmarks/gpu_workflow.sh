@@ -26,12 +26,12 @@ mkdir -p "$WORK" && cd "$WORK" || exit 2
 PYTHON=${PYTHON:-python3}
 RESULTS=${GPU_RESULTS:-results/gpu}
 SHARDS=results/shards/manifest.json
-VOCAB_TXT=results/corpus/vocab.txt
+VOCAB=results/corpus/tokenizer.json  # presets/gpu.yaml: corpus.tokenizer bpe
 
 prepare() {
     local smk=${SNAKEMAKE:-$ROOT/.venv/bin/snakemake}
     local args=(-s "$ROOT/Snakefile" --directory "$WORK" --configfile "$ROOT/presets/gpu.yaml")
-    "$smk" "${args[@]}" --cores "$(nproc)" "$SHARDS" "$VOCAB_TXT" || exit 1
+    "$smk" "${args[@]}" --cores "$(nproc)" "$SHARDS" "$VOCAB" || exit 1
     mkdir -p .gpu
     # --cores 8: the preset's threads, as a GPU node with 8 or more cores gives them.
     "$smk" "${args[@]}" --cores 8 --dry-run --printshellcmds --forcerun train results/eval_small.json |
@@ -41,7 +41,7 @@ prepare() {
         test -s ".gpu/$f.sh" || { echo "error: no $f command in Snakemake's dry run" >&2; exit 1; }
         echo "$f: $(cat ".gpu/$f.sh")"
     done
-    du -sh results/shards "$VOCAB_TXT" .gpu
+    du -sh results/shards "$VOCAB" .gpu
 }
 
 # stage NAME SECONDS COMMAND...: run under a time limit, log to $RESULTS/NAME.log, record the outcome.
@@ -128,7 +128,7 @@ run() {
     cp results/logs/train/resume.log "$RESULTS/train_resume.log"
     cp results/train/resume/metrics.csv "$RESULTS/metrics_resume.csv"
 
-    stage generate 45 python -m gpt2 generate --model_path results/train/small/model.pt --vocab_path "$VOCAB_TXT" \
+    stage generate 45 python -m gpt2 generate --model_path results/train/small/model.pt --vocab_path "$VOCAB" \
         --prompt "The history of" --max_tokens 64 --temperature 0 "${gpu[@]:0:2}"
     stage decode 60 "$PYTHON" "$ROOT/benchmarks/gpu.py" "${gpu[@]}" --out "$RESULTS/decode.json" decode \
         --model_path results/train/small/model.pt

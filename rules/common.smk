@@ -52,6 +52,10 @@ BUCKETS = [f"results/parts/buckets/{b}" for b in range(config["corpus"]["buckets
 INPUT_VOCAB = (
     [config["corpus"]["input_vocab"]] if config["corpus"]["input_vocab"] else []
 )
+# The vocabulary every later stage reads: expanda's WordPiece vocab.txt or the BPE's tokenizer.json.
+VOCAB = "results/corpus/" + (
+    "tokenizer.json" if config["corpus"]["tokenizer"] == "bpe" else "vocab.txt"
+)
 MODELS = config["models"]
 TRAIN = config["train"]
 # The model the test split scores: the final one, or the one with the lowest validation loss.

@@ -75,7 +75,7 @@ rule train_vocab:
         expanda="results/expanda",
         reuse=INPUT_VOCAB,
     output:
-        "results/corpus/vocab.txt",
+        VOCAB,
     log:
         "results/logs/train_vocab.log",
     benchmark:
@@ -83,7 +83,9 @@ rule train_vocab:
     conda:
         "../envs/corpus.yaml"
     params:
-        flags=corpus_flags("vocab_size", "limit_alphabet", "subset_size", "input_vocab"),
+        flags=corpus_flags(
+            "tokenizer", "vocab_size", "limit_alphabet", "subset_size", "input_vocab"
+        ),
     shell:
         "python -m gpt2 train-vocab --bucket_dirs {input.buckets:q} --expanda {input.expanda:q} --out {output:q}"
         " {params.flags:q} 2> {log:q}"
@@ -92,7 +94,7 @@ rule train_vocab:
 rule tokenize_bucket:
     input:
         bucket="results/parts/buckets/{bucket}",
-        vocab="results/corpus/vocab.txt",
+        vocab=VOCAB,
         expanda="results/expanda",
     output:
         "results/parts/tokens/{bucket}.txt",

@@ -31,7 +31,7 @@ rule evaluate:
 rule export_hf:
     input:
         model=EVAL_MODEL,
-        vocab="results/corpus/vocab.txt",
+        vocab=VOCAB,
         evaluation="results/eval_{model}.json",
         info=DUMP_INFO,
     output:

@@ -39,7 +39,7 @@ rule plot_training:
 rule samples:
     input:
         model="results/train/{model}/model.pt",
-        vocab="results/corpus/vocab.txt",
+        vocab=VOCAB,
     output:
         report(
             "results/samples/{model}.txt",

@@ -6,7 +6,7 @@ rule shard_bucket:
     input:
         bucket="results/parts/buckets/{bucket}",
         tokens="results/parts/tokens/{bucket}.txt",
-        vocab="results/corpus/vocab.txt",
+        vocab=VOCAB,
     output:
         directory("results/parts/shards/{bucket}"),
     log:
@@ -27,7 +27,7 @@ rule shard_bucket:
 rule make_shards:
     input:
         buckets=[f"results/parts/shards/{b}" for b in range(len(BUCKETS))],
-        vocab="results/corpus/vocab.txt",
+        vocab=VOCAB,
         train="results/corpus/corpus.train.txt",
         valid="results/corpus/corpus.valid.txt",
         test="results/corpus/corpus.test.txt",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import debris
@@ -611,3 +612,89 @@ def test_hostile_wikitext_takes_linear_work(hostile):
     audit = Audit()
     text = Cleaner(EN, audit).clean(hostile + "\nThe article goes on.")
     assert text.endswith("The article goes on.") or hostile.startswith("<!--")
+
+
+# --- corpus.tokenizer: bpe, GPT-2's byte-level scheme -----------------------------------------------
+
+BPE = {"corpus": {"tokenizer": "bpe", "vocab_size": 4000}}
+TINY_BPE = {**BPE, "train": {"steps": 12, "batch_tokens": 2048, "micro_batch": 16, "lr": 0.003, "warmup_steps": 2,
+                             "eval_every": 12, "eval_tokens": 2048, "checkpoint_every": 12}}
+MIXED = "Mixed: 한국어 텍스트, ελληνικά, emoji 🎉🧪, a\ttab, \x07bell and \x00nul,  two  spaces, é vs e\u0301."
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """The sample built with the BPE, trained (tiny, a few steps), evaluated and exported."""
+    work = tmp_path_factory.mktemp("bpe")
+    proc = snakemake(work, "results/eval_tiny.json", "results/hf/tiny", config=TINY_BPE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def test_bpe_is_lossless_on_every_test_line_and_has_no_unknown_token(bpe_run):
+    from gpt2.vocab import ENDOFTEXT, load_tokenizer
+
+    tokenizer = load_tokenizer(bpe_run / "results/corpus/tokenizer.json")
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    assert len(vocab) == 4000 and vocab[ENDOFTEXT] == 0 and "<unk>" not in vocab and tokenizer.model.unk_token is None
+    test = [(row, lines) for row, lines in _article_lines(bpe_run) if row["split"] == "test"]
+    assert test and all(tokenizer.decode(tokenizer.encode(line).ids) == line for _, lines in test for line in lines)
+    assert tokenizer.decode(tokenizer.encode(MIXED).ids) == MIXED
+    manifest = json.loads((bpe_run / "results/shards/manifest.json").read_text())
+    assert manifest["special_ids"] == {ENDOFTEXT: 0} and manifest["eos_id"] == 0
+    assert all(s["unk_tokens"] == 0 and s["missing_from_vocab"] == 0 for s in manifest["splits"].values())
+    # The shards' test documents decode to exactly their articles' text: lines joined by spaces.
+    from gpt2.shards import TokenStream
+
+    stream = TokenStream(bpe_run / "results/shards/manifest.json", "test")
+    ids = np.asarray(stream.window(0, len(stream)))
+    docs = np.split(ids, np.flatnonzero(ids == 0) + 1)[:-1]
+    assert [tokenizer.decode(d[:-1].tolist()) for d in docs] == [" ".join(lines) for _, lines in test]
+    assert sum(len(" ".join(lines).encode()) + 1 for _, lines in test) == manifest["splits"]["test"]["bytes"]
+
+
+def test_bpe_tokenizer_and_shards_are_byte_identical_on_a_second_build(bpe_run, tmp_path):
+    proc = snakemake(tmp_path, "results/shards/manifest.json", config={**BPE, "corpus": {**BPE["corpus"], "threads": 1}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = ["corpus/tokenizer.json", "corpus/corpus.train.txt", "shards/train/train_000000.bin",
+             "shards/test/test_000000.bin"]
+    assert all(file_digest(tmp_path / "results" / f) == file_digest(bpe_run / "results" / f) for f in files)
+
+
+def test_bpe_export_loads_with_autotokenizer_and_generates_cased_text_in_a_pipeline(bpe_run):
+    from transformers import AutoTokenizer, pipeline
+
+    folder = bpe_run / "results/hf/tiny"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.is_fast and tokenizer.decode(tokenizer.encode(MIXED)) == MIXED
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.unk_token is None
+    generate = pipeline("text-generation", model=str(folder))
+    text = generate("The History of Paris", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The History of Paris") and len(text) > len("The History of Paris")
+    assert "byte-level BPE" in (folder / "README.md").read_text()
+    report = json.loads((bpe_run / "results/eval_tiny.json").read_text())
+    manifest = json.loads((bpe_run / "results/shards/manifest.json").read_text())
+    assert report["test_bytes"] == manifest["splits"]["test"]["bytes"] and report["bits_per_byte"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kss") is None, reason="kss is not installed")
+def test_korean_goes_through_the_bpe_end_to_end(tmp_path):
+    from gpt2.vocab import load_tokenizer
+
+    dump = _korean_dump(tmp_path / "kowiki-test.xml.bz2")
+    config = {**TINY_BPE, "dump": {"source": "path", "path": str(dump)},
+              "corpus": {"tokenizer": "bpe", "vocab_size": 400, "min_length": 10}}
+    proc = snakemake(tmp_path, "results/eval_tiny.json", config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tokenizer = load_tokenizer(tmp_path / "results/corpus/tokenizer.json")
+    raw = (tmp_path / "results/corpus/corpus.raw.txt").read_text(encoding="utf-8").splitlines()
+    assert all(tokenizer.decode(tokenizer.encode(line).ids) == line for line in raw)
+    assert json.loads((tmp_path / "results/eval_tiny.json").read_text())["bits_per_byte"] > 0
+
+
+def test_an_input_vocab_of_the_other_kind_is_refused_naming_the_setting(tmp_path):
+    from gpt2.corpus import _input_vocab
+
+    (tmp_path / "vocab.txt").write_text("<unk>\n<s>\n</s>\n<pad>\n")
+    with pytest.raises(UserError, match="is not a bpe vocabulary: .* set corpus.tokenizer to match"):
+        _input_vocab(CorpusParams(tokenizer="bpe", input_vocab=str(tmp_path / "vocab.txt")))

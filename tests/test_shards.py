@@ -100,6 +100,22 @@ def test_bad_vocab_is_refused(tmp_path, vocab, message):
 
 
 @pytest.mark.reliability
+def test_a_bpe_vocabulary_over_uint16_or_without_its_end_token_is_refused(tmp_path):
+    """corpus.vocab_size stops at 65,535 when the config is read; a tokenizer.json given as input_vocab
+    (or made elsewhere) is checked when it is loaded."""
+    from tokenizers import Tokenizer, models
+
+    from gpt2.vocab import ENDOFTEXT
+
+    big = {ENDOFTEXT: 0, **{f"t{i}": i + 1 for i in range(70000)}}
+    for name, vocab, message in (("big.json", big, "70001 tokens do not fit uint16 shards"),
+                                 ("noend.json", {"a": 0, "b": 1}, "has no <\\|endoftext\\|> token")):
+        Tokenizer(models.BPE(vocab=vocab, merges=[])).save(str(tmp_path / name))
+        with pytest.raises(UserError, match=message):
+            load_vocab(tmp_path / name)
+
+
+@pytest.mark.reliability
 def test_empty_corpus_leaves_no_output(tmp_path):
     vocab, tr, te = _corpus(tmp_path, [], ["the mat ."])
     with pytest.raises(UserError, match="empty corpus"):

@@ -83,9 +83,9 @@ def _file(dest: str, help: str, required: bool = False, **kw) -> Arg:
 SHARDS = _file("shards", "a shards manifest.json (its train and test splits)", group="data")
 EVAL_CORPUS = _file("eval_corpus", "expanda's corpus.test.txt (or a shards manifest.json)", group="data")
 TRAIN_CORPUS = _file("train_corpus", "expanda's corpus.train.txt")
-VOCAB = _file("vocab_path", "expanda's vocab.txt (needed with text corpora)")
+VOCAB = _file("vocab_path", "the corpus's vocab.txt or tokenizer.json (needed with text corpora)")
 MODEL = _file("model_path", "model.pt written by train", required=True)
-NEEDS_VOCAB = _file("vocab_path", "expanda's vocab.txt", required=True)
+NEEDS_VOCAB = _file("vocab_path", "the corpus's vocab.txt (WordPiece) or tokenizer.json (BPE)", required=True)
 CORPUS_SPLITS = (_file("train_corpus", "expanda's corpus.train.txt", required=True),
                  _file("valid_corpus", "expanda's corpus.valid.txt", required=True),
                  _file("test_corpus", "expanda's corpus.test.txt", required=True))
@@ -127,10 +127,12 @@ COMMANDS = {
                              "with each article's split", (
         EXTRACTED, Arg("bucket", "which bucket, from 0", int, required=True),
         Arg("out", "folder for raw.txt and articles.tsv", required=True)), (CorpusParams,)),
-    "train-vocab": Command("gpt2.corpus:train_vocab", "WordPiece on the head of the train articles", (
-        BUCKETS, EXPANDA, Arg("out", "vocab.txt to write", required=True)), (CorpusParams,)),
+    "train-vocab": Command("gpt2.corpus:train_vocab", "the tokenizer (WordPiece or BPE) on the head of the train "
+                          "articles", (
+        BUCKETS, EXPANDA, Arg("out", "vocab.txt or tokenizer.json to write", required=True)), (CorpusParams,)),
     "tokenize-bucket": Command("gpt2.corpus:tokenize_bucket", "tokenize one bucket", (
-        _file("bucket", "a gather-bucket folder", required=True), _file("vocab", "vocab.txt", required=True),
+        _file("bucket", "a gather-bucket folder", required=True),
+        _file("vocab", "vocab.txt or tokenizer.json", required=True),
         EXPANDA, Arg("out", "token lines to write", required=True))),
     "gather-corpus": Command("gpt2.corpus:gather_corpus", "the buckets into the corpus files", (
         LISTING, EXTRACTED, BUCKETS,

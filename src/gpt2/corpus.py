@@ -28,7 +28,7 @@ from gpt2.dump import check_language
 from gpt2.files import atomic_dir, atomic_path, file_digest
 from gpt2.params import CorpusParams
 from gpt2.patched_expanda import import_patched
-from gpt2.vocab import BOS, EOS, PAD, UNK
+from gpt2.vocab import BOS, EOS, PAD, UNK, document_tokens, is_bpe, load_tokenizer, train_bpe
 from gpt2.wikixml import ExportError
 
 ARTICLES = "corpus.articles.tsv"  # split, page id, title and lines of each article, in corpus order
@@ -39,7 +39,10 @@ def _input_vocab(params: CorpusParams) -> Path:
     path = Path(params.input_vocab)
     if not path.is_file():
         raise UserError(f"corpus.input_vocab {params.input_vocab!r} is not a file: name an existing vocab.txt "
-                        "or leave it empty to train one")
+                        "(or tokenizer.json with corpus.tokenizer: bpe), or leave it empty to train one")
+    if is_bpe(path) != (params.tokenizer == "bpe"):
+        raise UserError(f"corpus.input_vocab {params.input_vocab!r} is not a {params.tokenizer} vocabulary: a "
+                        "WordPiece one is a vocab.txt, a BPE one a tokenizer.json; set corpus.tokenizer to match")
     return path
 
 
@@ -333,14 +336,16 @@ def gather_bucket(extracted: list[Path], bucket: int, out: Path, params: CorpusP
     return len(index)
 
 
-def _train_head(buckets: list[Path], dest: Path, limit: int) -> int:
-    """Copy the train articles' lines, in corpus order, to `dest` up to `limit` bytes; return the bytes."""
+def _train_head(buckets: list[Path], dest: Path, limit: int, joined: bool = False) -> int:
+    """Copy the train articles' lines, in corpus order, to `dest` up to `limit` bytes; return the bytes.
+    `joined`: an article a line, its lines joined by spaces (its text as the BPE encodes it)."""
     written = 0
     with open(dest, "wb") as out:
         for bucket in buckets:
             with open(Path(bucket) / "raw.txt", "rb") as raw:
                 for article in read_articles(Path(bucket) / "articles.tsv"):
-                    block = b"".join(raw.readline() for _ in range(article.lines))
+                    lines = [raw.readline() for _ in range(article.lines)]
+                    block = b" ".join(line.rstrip(b"\n") for line in lines) + b"\n" if joined else b"".join(lines)
                     if article.split == "train":
                         out.write(block)
                         written += len(block)
@@ -350,10 +355,8 @@ def _train_head(buckets: list[Path], dest: Path, limit: int) -> int:
 
 
 def train_vocab(bucket_dirs: list[Path], expanda: Path, out: Path, params: CorpusParams) -> None:
-    """WordPiece (expanda's trainer, patched) on the first corpus.subset_size bytes of train articles."""
-    import_patched(expanda)
-    from expanda.tokenization import train_tokenizer
-
+    """The vocabulary (corpus.tokenizer) on the first corpus.subset_size bytes of train articles:
+    WordPiece by expanda's trainer (patched), or a byte-level BPE by `tokenizers`."""
     with atomic_path(out) as tmp:
         if params.input_vocab:
             shutil.copyfile(_input_vocab(params), tmp)
@@ -361,8 +364,16 @@ def train_vocab(bucket_dirs: list[Path], expanda: Path, out: Path, params: Corpu
         work = Path(tempfile.mkdtemp(prefix=".vocab.", dir=Path(out).parent))
         try:
             head = work / "head.txt"
-            size = _train_head(bucket_dirs, head, params.subset_size)
-            print(f"training WordPiece on {size / 1e6:,.1f} MB of train articles", file=sys.stderr)
+            bpe = params.tokenizer == "bpe"
+            size = _train_head(bucket_dirs, head, params.subset_size, joined=bpe)
+            print(f"training {params.tokenizer} on {size / 1e6:,.1f} MB of train articles", file=sys.stderr)
+            if bpe:
+                train_bpe(head, work / "tokenizer.json", params.vocab_size)
+                os.replace(work / "tokenizer.json", tmp)
+                return
+            import_patched(expanda)
+            from expanda.tokenization import train_tokenizer
+
             train_tokenizer(str(head), str(work / "vocab.txt"), str(work), params.subset_size, params.vocab_size,
                             params.limit_alphabet, UNK, [BOS, EOS, PAD])
             os.replace(work / "vocab.txt", tmp)
@@ -371,12 +382,24 @@ def train_vocab(bucket_dirs: list[Path], expanda: Path, out: Path, params: Corpu
 
 
 def tokenize_bucket(bucket: Path, vocab: Path, expanda: Path, out: Path) -> None:
-    """expanda's tokenizer (the shared vocabulary) over one bucket's raw.txt."""
-    import_patched(expanda)
-    from expanda.tokenization import tokenize_corpus
-
+    """One bucket's raw.txt as token lines: expanda's WordPiece tokenizer, or the BPE (a tokenizer.json),
+    which encodes each article's text whole (vocab.document_tokens)."""
     with atomic_path(out) as tmp:
+        if is_bpe(vocab):
+            _tokenize_articles(Path(bucket), load_tokenizer(vocab), tmp)
+            return
+        import_patched(expanda)
+        from expanda.tokenization import tokenize_corpus
+
         tokenize_corpus(str(Path(bucket) / "raw.txt"), str(tmp), str(vocab), UNK, [BOS, EOS, PAD])
+
+
+def _tokenize_articles(bucket: Path, tokenizer, out: Path) -> None:
+    """Each article's lines as space-separated tokens, a line for a line (byte-level tokens hold no space)."""
+    with open(bucket / "raw.txt", encoding="utf-8") as raw, open(out, "w", encoding="utf-8") as fh:
+        for article in read_articles(bucket / "articles.tsv"):
+            lines = [raw.readline().rstrip("\n") for _ in range(article.lines)]
+            fh.writelines(" ".join(tokens) + "\n" for tokens in document_tokens(tokenizer, lines))
 
 
 def gather_corpus(listing: Path, extracted: list[Path], bucket_dirs: list[Path], tokens: list[Path], out: Path,

@@ -118,7 +118,7 @@ def _test_data(shards: Path | None, eval_corpus: Path | None, text: Path | None,
     """The test stream, the train stream for the unigram floor (or None) and the test text's bytes (or None)."""
     if text is not None:
         if vocab_path is None:
-            raise UserError("--text needs --vocab_path: the vocab.txt the model was trained with")
+            raise UserError("--text needs --vocab_path: the vocab.txt or tokenizer.json the model was trained with")
         stream, n_bytes = text_stream(text, vocab_path)
         return stream, None, n_bytes
     manifest = manifest_for(shards, train_corpus, eval_corpus, vocab_path, workdir / "shards", need_train=False)
@@ -142,7 +142,8 @@ def evaluate_command(model_path: Path, output: Path | None, name: str, shards: P
         test, train, test_bytes = _test_data(shards, eval_corpus, text, train_corpus, vocab_path, Path(tmp))
         if test.manifest["vocab_size"] != model.cfg.vocab_size:
             raise UserError(f"{model_path}: model vocabulary {model.cfg.vocab_size} != the test data's "
-                            f"{test.manifest['vocab_size']}; pass the vocab.txt the model was trained with")
+                            f"{test.manifest['vocab_size']}; pass the vocab.txt or tokenizer.json the model was "
+                            "trained with")
         numbers = evaluate(model, test, train, test_bytes, params.batch_eval, dev, bf16, params.max_batches)
     cfg = model.cfg
     report = {"model": name or Path(model_path).parent.name, "params": model.num_params(), "layers": cfg.layers,

@@ -1,11 +1,12 @@
 """Export a trained model to a Hugging Face transformers directory.
 
 `transformers.GPT2LMHeadModel.from_pretrained(DIR)` loads config.json +
-model.safetensors; `PreTrainedTokenizerFast.from_pretrained(DIR)` loads the
-WordPiece tokenizer expanda trained, with `<unk> <s> </s> <pad>` as its
-special tokens. The embedding keeps this project's padding to a multiple of
-64 rows (HF's vocab_size is the padded size); ids past the real vocabulary are
-never produced by the tokenizer.
+model.safetensors; `AutoTokenizer.from_pretrained(DIR)` loads the corpus's
+tokenizer as a fast tokenizer: the byte-level BPE with `<|endoftext|>` as its
+bos and eos token (GPT-2's convention; it decodes exactly what it encoded), or
+expanda's WordPiece with `<unk> <s> </s> <pad>`. The embedding keeps this
+project's padding to a multiple of 64 rows (HF's vocab_size is the padded
+size); ids past the real vocabulary are never produced by the tokenizer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 from gpt2.checkpoint import load_model
 from gpt2.files import atomic_dir
 from gpt2.model import GPT, GPTConfig
-from gpt2.vocab import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK, load_tokenizer
+from gpt2.vocab import BOS, ENDOFTEXT, EOS, PAD, UNK, is_bpe, load_tokenizer
 
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -40,14 +41,21 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_config(cfg: GPTConfig) -> dict:
-    """transformers' GPT2Config keywords for our shape: the one mapping of our config onto theirs."""
+def special_tokens(tokenizer) -> dict[str, str]:
+    """The tokenizer's special tokens, as transformers' tokenizers name them."""
+    if tokenizer.token_to_id(ENDOFTEXT) is not None:  # BPE: GPT-2's one token for both ends
+        return {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}
+    return {"unk_token": UNK, "bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+
+
+def hf_config(cfg: GPTConfig, token_ids: dict[str, int] | None = None) -> dict:
+    """transformers' GPT2Config keywords for our shape (and the special `token_ids`, e.g. eos_token_id): the
+    one mapping of our config onto theirs."""
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.padded_vocab,
             "n_positions": cfg.seq_len, "n_embd": cfg.dims, "n_layer": cfg.layers, "n_head": cfg.heads,
             "n_inner": cfg.mlp_ratio * cfg.dims, "activation_function": "gelu_new",  # tanh GELU, as ours
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
-            "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True,
-            "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+            "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True, **(token_ids or {})}
 
 
 def _front_matter(name: str, lang: str, report: dict | None) -> str:
@@ -65,17 +73,28 @@ def _front_matter(name: str, lang: str, report: dict | None) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
-def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: dict | None) -> str:
-    """README.md of the exported folder: architecture, data, training budget, evaluation, usage."""
+TOKENIZERS = {  # (name in the card, what it does) per kind
+    "bpe": ("byte-level BPE", "The tokenizer is GPT-2's scheme, a cased byte-level BPE trained on the training "
+            "articles: no unknown token, and `decode(encode(text)) == text` for any text. `<|endoftext|>` ends "
+            "a document."),
+    "wordpiece": ("WordPiece", "The tokenizer is expanda's WordPiece: it lowercases and splits like BERT, and "
+                  "maps characters outside its alphabet to `<unk>`; decoded text is lowercased."),
+}
+
+
+def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: dict | None, kind: str) -> str:
+    """README.md of the exported folder: architecture, data, training budget, evaluation, usage; `kind` is
+    the tokenizer's (bpe or wordpiece)."""
     cfg, train = model.cfg, state["train_config"]
     counts = model.num_params()
+    tokenizer_name, tokenizer_text = TOKENIZERS[kind]
     lines = [_front_matter(name, (dump or {}).get("lang", "en"), report),
              f"# {name}: GPT-2 trained on Wikipedia", "",
-             "Trained and evaluated with the GPT-2-on-Wikipedia Snakemake workflow: a WordPiece vocabulary built by "
-             "expanda, a GPT-2 (pre-LayerNorm, learned positions, tied output), test articles never seen in "
-             "training.", "", "## Architecture", "", "| | |", "|---|---|",
+             f"Trained and evaluated with the GPT-2-on-Wikipedia Snakemake workflow: a {tokenizer_name} vocabulary "
+             "built from the training articles, a GPT-2 (pre-LayerNorm, learned positions, tied output), test "
+             "articles never seen in training.", "", "## Architecture", "", "| | |", "|---|---|",
              f"| layers / heads / dims | {cfg.layers} / {cfg.heads} / {cfg.dims} |",
-             f"| context | {cfg.seq_len} tokens |", f"| vocabulary | {cfg.vocab_size} WordPiece tokens |",
+             f"| context | {cfg.seq_len} tokens |", f"| vocabulary | {cfg.vocab_size} {tokenizer_name} tokens |",
              f"| parameters | {counts['total']:,} ({counts['non_embedding']:,} without embeddings) |", ""]
     if dump is not None:
         lines += ["## Data", "", f"Wikipedia dump `{dump['wiki']}` {dump['date']}, language `{dump['lang']}`, "
@@ -95,11 +114,12 @@ def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: di
         if report.get("bits_per_byte") is not None:
             lines.append(f"| bits per byte | {report['bits_per_byte']:.4f} |")
         lines.append("")
-    lines += ["## Use", "", "```python", "from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast", "",
+    lines += ["## Use", "", "```python", "from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline", "",
               'model = GPT2LMHeadModel.from_pretrained("path/to/this/folder")',
-              'tokenizer = PreTrainedTokenizerFast.from_pretrained("path/to/this/folder")', "```", "",
-              "The tokenizer lowercases and splits like BERT; its `vocab_size` in config.json is padded to a "
-              "multiple of 64 (ids past the real vocabulary are never produced).", ""]
+              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+              'generate = pipeline("text-generation", model="path/to/this/folder")', "```", "",
+              f"{tokenizer_text} The model's `vocab_size` in config.json is padded to a multiple of 64 (ids past "
+              "the real vocabulary are never produced).", ""]
     return "\n".join(lines)
 
 
@@ -110,7 +130,9 @@ def export_hf(model_path: Path, vocab_path: Path, out: Path, evaluation: Path | 
 
     model, state = load_model(model_path, torch.device("cpu"))
     tokenizer = load_tokenizer(vocab_path)
-    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.cfg)))
+    specials = special_tokens(tokenizer)
+    ids = {f"{name}_id": tokenizer.token_to_id(token) for name, token in specials.items() if name != "unk_token"}
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.cfg, ids)))
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
     # Only buffers HF recomputes (attention masks) and the tied lm_head may be absent.
     if unexpected or any(not (k.endswith(".attn.bias") or k.endswith(".masked_bias") or k == "lm_head.weight")
@@ -119,13 +141,14 @@ def export_hf(model_path: Path, vocab_path: Path, out: Path, evaluation: Path | 
     hf.tie_weights()
     with atomic_dir(out, "export") as staging:
         hf.save_pretrained(staging, safe_serialization=True)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, bos_token=BOS, eos_token=EOS,
-                                       pad_token=PAD)
+        # No clean-up of spaces on decode: it would turn "a ." into "a." and break the round trip.
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, clean_up_tokenization_spaces=False, **specials)
         fast.save_pretrained(staging)
         report = json.loads(Path(evaluation).read_text()) if evaluation else None
         dump = json.loads(Path(dump_info).read_text()) if dump_info else None
         name = report["model"] if report else Path(model_path).parent.name
-        (staging / "README.md").write_text(model_card(name, state, model, dump, report))
+        kind = "bpe" if is_bpe(vocab_path) else "wordpiece"
+        (staging / "README.md").write_text(model_card(name, state, model, dump, report, kind))
         (staging / "gpt2_export.json").write_text(json.dumps(
             {"source": str(model_path), "vocab": str(vocab_path), "real_vocab_size": model.cfg.vocab_size},
             indent=2))

@@ -1,4 +1,4 @@
-"""Text in, text out: expanda's WordPiece tokenizer around the model's sampler."""
+"""Text in, text out: the corpus's tokenizer (WordPiece or byte-level BPE) around the model's sampler."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ from gpt2 import UserError, checkpoint
 from gpt2.device import resolve_device
 from gpt2.model import GPT
 from gpt2.params import Hardware, SampleParams
-from gpt2.vocab import EOS_ID, load_tokenizer
+from gpt2.vocab import load_tokenizer, tokenizer_eos_id
 
 
 def complete(model: GPT, tokenizer, prompt: str, sampling: SampleParams, seed: int) -> str:
-    """The prompt followed by sampled text, stopping at `</s>`; seeded, so it is reproducible."""
+    """The prompt followed by sampled text, stopping at the end of a document; seeded, so it is reproducible.
+    Decoded as the tokenizer decodes: exactly (BPE), or lowercased (WordPiece)."""
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt).ids or [EOS_ID]
+    eos = tokenizer_eos_id(tokenizer)
+    ids = tokenizer.encode(prompt).ids or [eos]
     generator = torch.Generator(device=device).manual_seed(seed)
     model.eval()
     out = model.generate(torch.tensor([ids], device=device), sampling.max_tokens, temperature=sampling.temperature,
-                         top_k=sampling.top_k, top_p=sampling.top_p, eos_id=EOS_ID, generator=generator)
-    new = [i for i in out[0, len(ids):].tolist() if i != EOS_ID]
+                         top_k=sampling.top_k, top_p=sampling.top_p, eos_id=eos, generator=generator)
+    new = [i for i in out[0, len(ids):].tolist() if i != eos]
     return tokenizer.decode(ids + new)
 
 

@@ -93,8 +93,14 @@ class DumpParams:
 class CorpusParams:
     """The corpus expanda builds from the dump."""
 
-    vocab_size: int = param(8000, "WordPiece vocabulary incl. <unk> <s> </s> <pad>", minimum=100, maximum=65535)
-    limit_alphabet: int = param(1000, "most distinct characters WordPiece keeps", minimum=1)
+    tokenizer: Literal["wordpiece", "bpe"] = param("wordpiece", "wordpiece: expanda's (lowercased, <unk> for the "
+                                                          "unseen; results/corpus/vocab.txt); bpe: GPT-2's cased "
+                                                          "byte-level BPE, lossless (results/corpus/tokenizer.json)")
+    vocab_size: int = param(8000, "vocabulary size incl. special tokens (WordPiece: <unk> <s> </s> <pad>; BPE: "
+                                  "<|endoftext|>); at most 65,535, so ids fit the uint16 shards",
+                            minimum=300, maximum=65535)
+    limit_alphabet: int = param(1000, "most distinct characters WordPiece keeps (BPE keeps all 256 bytes)",
+                                minimum=1)
     min_length: int = param(50, "sentences shorter than this (characters) are dropped", minimum=0)
     max_length: int = param(1000, "sentences longer than this (characters) are dropped", minimum=1)
     split_ratio: float = param(0.1, "fraction of articles held out as the test split (whole articles, each "
@@ -104,9 +110,9 @@ class CorpusParams:
     split_sent: bool = param(True, "one sentence a line; false: expanda packs an article's consecutive sentences "
                                    "into lines of up to max_length characters")
     subset_size: int = param(1_000_000_000, "bytes of the train articles' head (in shuffled order) that "
-                                            "WordPiece is trained on", minimum=1)
-    input_vocab: str = param("", "reuse this vocab.txt instead of training one (e.g. to score a model on "
-                                 "another dump)")
+                                            "the tokenizer is trained on", minimum=1)
+    input_vocab: str = param("", "reuse this vocab.txt (or tokenizer.json with bpe) instead of training one "
+                                 "(e.g. to score a model on another dump)")
     max_page_bytes: int = param(16 << 20, "pages whose wikitext is larger are skipped and counted, never held in "
                                           "memory (MediaWiki caps an article at 2 MiB)", minimum=1024)
     list_pages: Literal["keep", "drop"] = param("keep", "pages titled as lists (en 'List of ...', ko '... 목록'): "

@@ -1,15 +1,16 @@
-"""Stage 3: expanda's token lines -> uint16 token-id shards + manifest.json.
+"""Stage 3: the corpus's token lines -> uint16 token-id shards + manifest.json.
 
 Layout: each split (train, valid, test) is one stream of token ids made of
 documents packed back to back (no padding). A document is an article (its
-sentences' tokens in order, nothing between them -- WordPiece has no
-whitespace token, and a sentence's own punctuation ends it) or, for text
-corpora given to `train --train_corpus` without an article table, one line
-(unit "sentence" in the manifest), and ends with the `</s>` id. The stream is cut into
-`<split>_NNNNNN.bin` files of at most `shard_tokens` ids, raw little-endian
-uint16, so `numpy.memmap(path, dtype="<u2")` reads a shard without copying.
-Ids are the line numbers of vocab.txt as it is (expanda already put
-`<unk> <s> </s> <pad>` first).
+sentences' tokens in order: WordPiece puts nothing between them, the BPE the
+space that joins them, vocab.document_tokens) or, for text corpora given to
+`train --train_corpus` without an article table, one line (unit "sentence" in
+the manifest), and ends with the end-of-document id (`</s>` or `<|endoftext|>`,
+the manifest's eos_id). The stream is cut into `<split>_NNNNNN.bin` files of at
+most `shard_tokens` ids, raw little-endian uint16, so
+`numpy.memmap(path, dtype="<u2")` reads a shard without copying. Ids are the
+vocabulary's: the line numbers of vocab.txt as it is (expanda already put
+`<unk> <s> </s> <pad>` first), or the ids in tokenizer.json.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from gpt2 import UserError
 from gpt2.articles import read_articles
 from gpt2.files import atomic_dir, file_digest, link_or_copy
 from gpt2.params import ShardsParams
-from gpt2.vocab import EOS_ID, SPECIALS, UNK_ID, load_tokenizer, load_vocab
+from gpt2.vocab import UNK, document_tokens, eos_id, load_tokenizer, load_vocab, special_ids, tokenizer_eos_id
 
 DTYPE = np.dtype("<u2")
 BATCH_DOCS = 1024
@@ -76,17 +77,20 @@ Document = tuple[list[str], list[bytes]]  # token lines of expanda's corpus, and
 
 
 def encode_documents(docs: list[Document], vocab: dict[str, int]) -> tuple[np.ndarray, int]:
-    """Ids of a batch of documents, each its lines' tokens back to back then `</s>`; also how many
-    tokens were not in the vocab (they become `<unk>`)."""
+    """Ids of a batch of documents, each its lines' tokens back to back then the end-of-document id; also
+    how many tokens were not in the vocab (they become `<unk>`; a BPE vocabulary lacks none)."""
     ids: list[int] = []
-    get = vocab.get
+    get, end = vocab.get, eos_id(vocab)
     for lines, _ in docs:
         for line in lines:
             ids.extend([get(t, -1) for t in line.split()])
-        ids.append(EOS_ID)
+        ids.append(end)
     arr = np.asarray(ids, dtype=np.int32)
     missing = arr < 0
-    arr[missing] = UNK_ID
+    if missing.any() and UNK not in vocab:
+        raise UserError(f"{int(missing.sum()):,} tokens are not in the BPE vocabulary: the token files were made "
+                        "with another tokenizer; rebuild the corpus")
+    arr[missing] = vocab.get(UNK, 0)
     return arr.astype(DTYPE), int(missing.sum())
 
 
@@ -138,7 +142,7 @@ def shard_split(docs: Iterator[Document], vocab: dict[str, int], folder: Path, p
             ids, missing = encode_documents(batch, vocab)
             writer.write(ids)
             counts.update(documents=len(batch), lines=sum(len(lines) for lines, _ in batch), tokens=len(ids),
-                          missing=missing, unk=int(np.count_nonzero(ids == UNK_ID)),
+                          missing=missing, unk=int(np.count_nonzero(ids == vocab[UNK])) if UNK in vocab else 0,
                           bytes=sum(len(r.rstrip(b"\n")) + 1 for _, raw in batch for r in raw))
             if text_fh:
                 text_fh.write(_text_block(batch))
@@ -189,15 +193,15 @@ def write_manifest(folder: Path, splits: dict, vocab_path: Path, corpora: dict[s
     total = sum(s["tokens"] for s in splits.values())
     manifest = {
         "format": "raw little-endian uint16 token ids; each document (an article, or a line of a text "
-                  "corpus with unit sentence) is its lines' tokens back to back, then </s>; documents packed",
+                  "corpus with unit sentence) is its lines' tokens back to back, then eos_id; documents packed",
         "unit": unit,
         "dtype": DTYPE.str,
         "vocab": os.path.relpath(vocab_path, folder),  # relative to the manifest (staging is beside its final place)
         "vocab_size": len(vocab),
         "vocab_sha256": file_digest(vocab_path),
         "sources_sha256": {name: file_digest(path) for name, path in corpora.items()},
-        "special_ids": {token: vocab[token] for token in SPECIALS},
-        "eos_id": EOS_ID,
+        "special_ids": special_ids(vocab),
+        "eos_id": eos_id(vocab),
         "shard_tokens": params.shard_tokens,
         "splits": splits,
         "tokens_per_second": round(total / seconds),
@@ -268,28 +272,35 @@ def check_vocab(manifest_path: str | os.PathLike) -> None:
 def text_stream(text: Path, vocab_path: Path) -> tuple[TokenStream, int]:
     """Raw text as the shards would hold it, and its bytes counted as `shard_split` counts them.
 
-    Each non-blank line is tokenized as expanda tokenizes a corpus line; a blank line ends a document
-    (`</s>`, as does the end of the file). test/text.txt of the shards reads back to the same ids.
+    A blank line ends a document (the end-of-document id, as does the end of the file); a document's
+    lines are tokenized as the corpus tokenizes them (vocab.document_tokens). test/text.txt of the
+    shards reads back to the same ids.
     """
     tokenizer = load_tokenizer(vocab_path)
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
     ids: list[int] = []
-    n_bytes, open_doc = 0, False
+    n_bytes = 0
     with open(text, encoding="utf-8") as fh:
-        while batch := list(itertools.islice(fh, BATCH_DOCS)):
-            encoded = iter(tokenizer.encode_batch([line for line in batch if line.strip()]))
-            for line in batch:
-                if line.strip():
-                    ids.extend(next(encoded).ids)
-                    n_bytes += len(line.rstrip("\n").encode("utf-8")) + 1
-                    open_doc = True
-                elif open_doc:
-                    ids.append(EOS_ID)
-                    open_doc = False
-    if open_doc:
-        ids.append(EOS_ID)
+        for doc in _text_documents(fh):
+            ids.extend(vocab[t] for tokens in document_tokens(tokenizer, doc) for t in tokens)
+            ids.append(tokenizer_eos_id(tokenizer))
+            n_bytes += sum(len(line.encode("utf-8")) + 1 for line in doc)
     if len(ids) < 2:
         raise UserError(f"{text}: no text to score (a blank line separates documents)")
     return TokenStream.of(np.asarray(ids, dtype=DTYPE), tokenizer.get_vocab_size()), n_bytes
+
+
+def _text_documents(fh: IO[str]) -> Iterator[list[str]]:
+    """The documents of a text file: runs of non-blank lines (without their newlines)."""
+    doc: list[str] = []
+    for line in fh:
+        if line.strip():
+            doc.append(line.rstrip("\n"))
+        elif doc:
+            yield doc
+            doc = []
+    if doc:
+        yield doc
 
 
 class TokenStream:

@@ -105,8 +105,10 @@ RULES: dict[str, Rule] = {
     "€": _currency("€"), "eur": _currency("€"), "inr": _currency("₹"), "jpy": _currency("¥"),
     # punctuation and spacing
     "'s": _text("'s"), "'": _text("'"), "nbsp": _text(" "), "·": _text(" · "), "dot": _text(" · "),
+    "ndash": _text("–"), "mdash": _text("—"), "snd": _text(" – "), "spaced ndash": _text(" – "),
+    # eras, small capitals, citations of scripture
     "bc": _text("BC"), "bce": _text("BCE"), "ad": _text("AD"), "ce": _text("CE"), "sc": _arg(1),
-    "smallcaps": _arg(1), "bibleverse": _joined(" "), "ndash": _text("–"), "mdash": _text("—"), "snd": _text(" – "), "spaced ndash": _text(" – "),
+    "smallcaps": _arg(1), "bibleverse": _joined(" "),
 }
 LANGUAGE_RULES: dict[str, dict[str, Rule]] = {
     "ko": {"llang": _arg(2), "출생일": _date, "사망일": _date, "출생일과 나이": _date, "사망일과 나이": _date,
