@@ -1,4 +1,5 @@
-# GPT-2 on Wikipedia: dump -> patched expanda -> corpus -> shards -> train -> evaluate -> report.
+# GPT-2 on Wikipedia: dump -> patched expanda -> corpus -> shards -> train -> evaluate (and downstream
+# tasks) -> report.
 # `snakemake --cores 8 results/eval_small.json`; docs/pipeline.md and docs/training.md explain every stage.
 
 import os
@@ -21,6 +22,7 @@ include: "rules/corpus.smk"
 include: "rules/shards.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/downstream.smk"
 include: "rules/report.smk"
 
 

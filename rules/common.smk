@@ -17,6 +17,7 @@ from gpt2.launch import launch_command
 from gpt2.params import (
     Architecture,
     CorpusParams,
+    DownstreamParams,
     DumpParams,
     EvaluateParams,
     Hardware,

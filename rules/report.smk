@@ -131,6 +131,29 @@ rule audit_table:
         "python -m gpt2 table audit --inputs {input:q} --csv {output.csv:q} --html {output.html:q} 2> {log:q}"
 
 
+rule downstream_table:
+    input:
+        expand("results/downstream_{model}.json", model=REPORT_MODELS),
+    output:
+        csv=report(
+            "results/tables/downstream.csv",
+            category="Evaluation",
+            labels={"table": "downstream", "format": "csv"},
+        ),
+        html=report(
+            "results/tables/downstream.html",
+            caption="../report/downstream.rst",
+            category="Evaluation",
+            labels={"table": "downstream", "format": "html"},
+        ),
+    log:
+        "results/logs/downstream_table.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m gpt2 table downstream --inputs {input:q} --csv {output.csv:q} --html {output.html:q} 2> {log:q}"
+
+
 rule runtime_table:
     # The evaluations come last in the DAG: once they exist, so do all benchmark files read here.
     input:
@@ -165,4 +188,5 @@ rule report_all:
         "results/tables/evaluation.html",
         "results/tables/corpus.html",
         "results/tables/audit.html",
+        "results/tables/downstream.html",
         "results/tables/runtime.html",

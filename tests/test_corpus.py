@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import debris
-from conftest import ROOT, gpt2, serve, snakemake, write_dump
+from conftest import KOREAN, ROOT, gpt2, serve, snakemake, write_dump
 from gpt2 import UserError
 from gpt2.audit import Audit
 from gpt2.corpus import _wiki_args, piece_ranges, stream_offsets
@@ -37,22 +37,6 @@ CORPUS_FILES = ("vocab.txt", "corpus.raw.txt", "corpus.train.txt", "corpus.valid
 CORPUS = [f"results/corpus/{name}" for name in CORPUS_FILES]
 SAMPLE_DUMP = "resources/dumps/enwiki-sample/enwiki-sample.xml.bz2"
 
-# Korean text written for this test: short encyclopedic sentences about cities
-# and nature, enough for kss to split and WordPiece to learn from.
-KOREAN = [
-    "서울은 대한민국의 수도이며 한강을 따라 넓게 펼쳐진 큰 도시이다. 많은 사람들이 매일 지하철을 타고 회사와 학교에 간다.",
-    "부산은 남쪽 바다에 있는 항구 도시로 해운대 해수욕장이 유명하다. 여름에는 전국에서 온 관광객들이 바닷가를 가득 채운다.",
-    "제주도는 화산 활동으로 만들어진 섬이며 한라산이 섬 가운데에 솟아 있다. 돌과 바람과 여자가 많아서 삼다도라고 불리기도 한다.",
-    "한강은 강원도에서 시작하여 서울을 지나 서해로 흘러가는 긴 강이다. 강가에는 자전거 길과 공원이 잘 만들어져 있다.",
-    "경주는 신라의 옛 수도로 불국사와 석굴암 같은 문화유산이 많이 남아 있다. 학생들은 수학여행으로 경주를 자주 방문한다.",
-    "설악산은 가을 단풍이 아름다운 산으로 등산객들에게 사랑을 받는다. 정상에 오르면 동해 바다가 멀리 내려다보인다.",
-    "김치는 배추와 고춧가루와 마늘로 만드는 한국의 대표적인 발효 음식이다. 겨울이 오기 전에 가족들이 모여 김장을 한다.",
-    "한글은 세종대왕이 백성을 위해 만든 문자로 배우기 쉬운 것으로 알려져 있다. 자음과 모음을 모아서 한 글자를 이룬다.",
-    "대구는 분지 지형 때문에 여름에 매우 덥고 겨울에는 꽤 춥다. 사과 농사가 예로부터 유명한 지역이기도 하다.",
-    "인천에는 큰 국제공항이 있어서 외국으로 떠나는 여행객들이 많이 모인다. 차이나타운과 월미도도 많은 사람들이 찾는 곳이다.",
-    "전주는 비빔밥과 한옥 마을로 잘 알려진 도시이다. 오래된 골목을 걸으면 전통 찻집과 작은 공방을 만날 수 있다.",
-    "광주는 빛고을이라는 뜻의 이름을 가진 도시로 예술과 문화 행사가 많이 열린다. 시민들은 무등산을 자주 오른다.",
-]
 
 
 KOREAN_NAMESPACES = {6: "파일", -2: "미디어", 14: "분류", 10: "틀"}

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gpt2 import UserError
-from gpt2.params import (REFERENCE_DEFAULTS, Architecture, CorpusParams, DumpParams, EvaluateParams, Hardware,
+from gpt2.params import (REFERENCE_DEFAULTS, Architecture, CorpusParams, DownstreamParams, DumpParams,
+                         EvaluateParams, Hardware,
                          ReportParams, SampleParams, ShardsParams, Switch, TrainParams, check_ranges, choices,
                          default, settings)
 
@@ -184,6 +185,19 @@ COMMANDS = {
         MODEL, NEEDS_VOCAB, Arg("out", "output directory", required=True),
         _file("evaluation", "the model's eval JSON, for the card's results"),
         _file("dump_info", "the dump's JSON sidecar (resources/dumps/), for the card's data section"))),
+    "build-tasks": Command("gpt2.downstream:build_tasks", "downstream tasks (JSONL + lm-eval YAML) from the test "
+                           "split's articles", (
+        _file("articles", "corpus.articles.tsv", required=True),
+        _file("raw", "corpus.raw.txt", required=True), Arg("out", "folder for the tasks", required=True),
+        Arg("seed", "corpus.seed: every choice is a hash of it and the page id", int, default=0)),
+        (DownstreamParams,)),
+    "downstream": Command("gpt2.downstream:score", "lm-evaluation-harness on an export: the tasks, any "
+                          "--extra_tasks, and the unigram baseline on the same items, as JSON", (
+        _file("model_dir", "the model's export (python -m gpt2 export)", required=True),
+        _file("tasks", "build-tasks' folder", required=True),
+        _file("shards", "manifest.json of the shards the model was trained on (the unigram baseline)", required=True),
+        Arg("out", "the JSON report", required=True), Arg("model", "model name in the report", str, default="")),
+        (DownstreamParams,)),
     "plot-training": Command("gpt2.report:plot_training", "loss (four views), learning-rate and throughput figures", (
         _file("metrics", "metrics.csv written by train", required=True),
         Arg("loss", "output figure: loss in four views", required=True),
@@ -193,10 +207,11 @@ COMMANDS = {
     "samples": Command("gpt2.report:write_samples", "seeded completions of the report's prompts", (
         MODEL, NEEDS_VOCAB, Arg("output", "the samples file", required=True)), (ReportParams,)),
     "table": Command("gpt2.report:write_table", "a CSV + HTML table for the report", (
-        Arg("kind", "evaluation, corpus, audit or runtime", str, positional=True,
-            options={"choices": ["evaluation", "corpus", "audit", "runtime"]}),
+        Arg("kind", "evaluation, corpus, audit, downstream or runtime", str, positional=True,
+            options={"choices": ["evaluation", "corpus", "audit", "downstream", "runtime"]}),
         _file("inputs", "evaluation: eval JSONs; corpus: manifest.json and the dump's .json; audit: the corpus "
-                        "audit.json; runtime: benchmark TSVs", required=True, options={"nargs": "+"}),
+                        "audit.json; downstream: downstream JSONs; runtime: benchmark TSVs", required=True,
+              options={"nargs": "+"}),
         Arg("csv", "output CSV", required=True), Arg("html", "output HTML", required=True))),
     "screenshot": Command("gpt2.report:screenshot_report", "PNG of the HTML report with the loss curves open "
                           "(needs chromium)", (

@@ -237,6 +237,17 @@ class ReportParams:
 
 
 @dataclass(frozen=True)
+class DownstreamParams:
+    """Downstream tasks (results/tasks/) and their lm-evaluation-harness run on a model's export."""
+
+    items: int = param(200, "items per task at most, when building them and when scoring (a CPU run stays "
+                            "short: the tiny model on the sample in under a minute)", minimum=1)
+    extra_tasks: list[str] = param([], "lm-eval task names scored beside ours, e.g. [hellaswag, lambada_openai] "
+                                       "(they need the network or a Hugging Face datasets cache)")
+    batch: int = param(16, "lm-eval batch size", minimum=1)
+
+
+@dataclass(frozen=True)
 class SampleParams:
     """Sampling for `python -m gpt2 generate` (command line only)."""
 
@@ -249,7 +260,8 @@ class SampleParams:
 
 
 SECTIONS: dict[str, type] = {"dump": DumpParams, "corpus": CorpusParams, "shards": ShardsParams,
-                             "train": TrainParams, "evaluate": EvaluateParams, "report": ReportParams}
+                             "train": TrainParams, "evaluate": EvaluateParams, "report": ReportParams,
+                             "downstream": DownstreamParams}
 
 # The reference GPT-2 repo's defaults, applied only with `--reference_defaults`.
 # batch_tokens 0: the reference has no gradient accumulation.
@@ -293,6 +305,8 @@ def cli_flags(cls: type, values: dict, skip: tuple[str, ...] = ()) -> list[str]:
         if f.name in skip:
             continue
         value = values[f.name]
+        if value == []:
+            continue  # an empty list is the flag's default (nargs="+" takes no empty list)
         words = ["true" if v is True else "false" if v is False else str(v)
                  for v in (value if isinstance(value, list) else [value])]
         out += [f"--{f.name}", *words] if isinstance(value, list) else [f"--{f.name}={words[0]}"]
@@ -349,6 +363,8 @@ def field_schema(f: dataclasses.Field) -> dict:
              "pattern": "pattern"}
     schema.update({names[k]: f.metadata[k] for k in names if f.metadata[k] is not None})
     schema["default"] = default(f)
+    if schema["default"] == []:  # a list that may be empty (downstream.extra_tasks: none by default)
+        schema.pop("minItems")
     schema["description"] = f.metadata["help"]
     return schema
 
@@ -370,7 +386,7 @@ def config_schema() -> dict:
               "propertyNames": {"pattern": "^[A-Za-z0-9_-]+$"}, "additionalProperties": arch}
     props = {name: section_schema(cls) for name, cls in SECTIONS.items()}
     props = {**{k: props[k] for k in ("dump", "corpus", "shards")}, "models": models,
-             **{k: props[k] for k in ("train", "evaluate", "report")}}
+             **{k: props[k] for k in ("train", "evaluate", "downstream", "report")}}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "description": "Configuration of the GPT-2-on-Wikipedia workflow, rendered from src/gpt2/params.py.",
             "type": "object", "additionalProperties": False, "properties": props}

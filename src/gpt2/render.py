@@ -23,6 +23,7 @@ RERUNS = {
     "train": "`train` and all after",
     "evaluate": "`evaluate` and all after",
     "report": "the report's samples",
+    "downstream": "`downstream` (and `build_tasks` for items)",
 }
 RERUNS_FIELD = {
     ("dump", "url"): "the dump and all after, with dump.source url only",
@@ -32,6 +33,8 @@ RERUNS_FIELD = {
     ("train", "mem_mb"): "nothing (what the scheduler allocates)",
     ("train", "runtime"): "nothing (what the scheduler allocates)",
     ("report", "models"): "the report, for the models added",
+    ("downstream", "extra_tasks"): "`downstream`",
+    ("downstream", "batch"): "`downstream`",
 }
 
 

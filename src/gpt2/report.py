@@ -135,6 +135,21 @@ def audit_table(audit: str | Path, csv: str | Path, html: str | Path) -> pd.Data
     return df
 
 
+def downstream_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
+    """One row per model, task and metric: lm-eval's value ± stderr beside chance and the unigram baseline."""
+    rows = []
+    for path in reports:
+        r = json.loads(Path(path).read_text())
+        for task, t in r["tasks"].items():
+            for metric, value in t["metrics"].items():
+                rows.append({"model": r["model"], "task": task, "items": t["items"], "metric": metric, "value": value,
+                             "stderr": t["stderr"].get(metric), "chance": t["chance"] if metric.startswith("acc")
+                             else None, "unigram": (t["unigram"] or {}).get(metric)})
+    df = pd.DataFrame(rows)
+    _write_table(df, csv, html, "Downstream tasks (lm-evaluation-harness) on held-out articles")
+    return df
+
+
 def runtime_table(benchmarks: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
     """Wall time and peak memory of each rule, from Snakemake's benchmark: files."""
     rows = []
@@ -169,11 +184,13 @@ def write_samples(model_path: Path, vocab_path: Path, output: Path, params: Repo
 
 def write_table(kind: str, inputs: list[Path], csv: Path, html: Path) -> pd.DataFrame:
     """`python -m gpt2 table KIND`: evaluation (eval JSONs), corpus (manifest + dump sidecar), audit (audit.json),
-    runtime (TSVs)."""
+    downstream (downstream JSONs), runtime (TSVs)."""
     if kind == "evaluation":
         return eval_table(inputs, csv, html)
     if kind == "audit":
         return audit_table(inputs[0], csv, html)
+    if kind == "downstream":
+        return downstream_table(inputs, csv, html)
     if kind == "corpus":
         if len(inputs) != 2:
             raise UserError("table corpus takes --inputs MANIFEST DUMP_INFO")
