@@ -82,7 +82,9 @@ def plot_training(metrics: Path, loss: Path, lr: Path, speed: Path, model: str) 
     save(series_figure(df, "tokens_per_second", "tokens / s", f"{model}: training throughput"), speed)
 
 
-def _write_table(df: pd.DataFrame, csv: str | Path, html: str | Path, title: str) -> None:
+def _write_table(rows: list[dict], csv: str | Path, html: str | Path, title: str) -> pd.DataFrame:
+    """The rows as a table, written as CSV and as an HTML page titled `title`."""
+    df = pd.DataFrame(rows)
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>"
@@ -91,6 +93,7 @@ def _write_table(df: pd.DataFrame, csv: str | Path, html: str | Path, title: str
             f"<body><h3>{title}</h3>{df.to_html(index=False, float_format=lambda v: f'{v:,.4g}')}</body></html>")
     with atomic_path(html) as tmp:
         tmp.write_text(page, encoding="utf-8")
+    return df
 
 
 def eval_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
@@ -105,9 +108,7 @@ def eval_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> 
                      "perplexity / unigram": r["perplexity"] / r["unigram_perplexity"],
                      "bits/byte": r["bits_per_byte"], "unigram bits/byte": r["unigram_bits_per_byte"],
                      "bits/token": r["bits_per_token"], "eval tokens/s": r["tokens_per_second"]})
-    df = pd.DataFrame(rows)
-    _write_table(df, csv, html, "Evaluation on the test split")
-    return df
+    return _write_table(rows, csv, html, "Evaluation on the test split")
 
 
 def corpus_table(manifest: str | Path, dump_info: str | Path, csv: str | Path, html: str | Path) -> pd.DataFrame:
@@ -117,9 +118,7 @@ def corpus_table(manifest: str | Path, dump_info: str | Path, csv: str | Path, h
              "<unk> tokens": s["unk_tokens"],
              "unk rate": s["unk_tokens"] / s["tokens"], "shards": len(s["shards"]), "vocab size": m["vocab_size"]}
             for name, s in m["splits"].items()]
-    df = pd.DataFrame(rows)
-    _write_table(df, csv, html, "Corpus statistics")
-    return df
+    return _write_table(rows, csv, html, "Corpus statistics")
 
 
 def audit_table(audit: str | Path, csv: str | Path, html: str | Path) -> pd.DataFrame:
@@ -130,9 +129,7 @@ def audit_table(audit: str | Path, csv: str | Path, html: str | Path) -> pd.Data
              "% of wikitext bytes": 100 * n / wikitext if section == "removed bytes" and wikitext else None,
              "meaning": meaning if i == 0 else ""}
             for section, meaning in a["definitions"].items() for i, (key, n) in enumerate(a[section].items())]
-    df = pd.DataFrame(rows)
-    _write_table(df, csv, html, "Corpus audit: what extraction read, kept and dropped")
-    return df
+    return _write_table(rows, csv, html, "Corpus audit: what extraction read, kept and dropped")
 
 
 def downstream_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
@@ -145,9 +142,7 @@ def downstream_table(reports: list[str | Path], csv: str | Path, html: str | Pat
                 rows.append({"model": r["model"], "task": task, "items": t["items"], "metric": metric, "value": value,
                              "stderr": t["stderr"].get(metric), "chance": t["chance"] if metric.startswith("acc")
                              else None, "unigram": (t["unigram"] or {}).get(metric)})
-    df = pd.DataFrame(rows)
-    _write_table(df, csv, html, "Downstream tasks (lm-evaluation-harness) on held-out articles")
-    return df
+    return _write_table(rows, csv, html, "Downstream tasks (lm-evaluation-harness) on held-out articles")
 
 
 def runtime_table(benchmarks: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
@@ -158,9 +153,7 @@ def runtime_table(benchmarks: list[str | Path], csv: str | Path, html: str | Pat
         name = Path(path).as_posix().split("benchmarks/", 1)[-1]  # e.g. train/small.tsv
         rows.append({"job": name.removesuffix(".tsv"), "wall seconds": b["s"], "max RSS (MB)": b["max_rss"],
                      "CPU seconds": b.get("cpu_time", float("nan"))})
-    df = pd.DataFrame(rows)
-    _write_table(df, csv, html, "Runtime of each job")
-    return df
+    return _write_table(rows, csv, html, "Runtime of each job")
 
 
 def write_samples(model_path: Path, vocab_path: Path, output: Path, params: ReportParams) -> list[str]:
