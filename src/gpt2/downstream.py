@@ -124,19 +124,23 @@ def build_tasks(articles: Path, raw: Path, out: Path, seed: int, params: Downstr
 # --- scoring ---------------------------------------------------------------------------------------
 
 
+def _read_items(tasks: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (tasks / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
 def unigram_baseline(tasks: Path, tokenizer, logp: np.ndarray) -> dict[str, dict]:
     """The unigram model (train-split token frequencies) on the same items, scored as lm-eval scores."""
     def loglik(text: str) -> float:
         return float(sum(logp[i] for i in tokenizer.encode(text, add_special_tokens=False)))
 
     out = {}
-    words = [json.loads(line) for line in open(tasks / f"{LAST_WORD}.jsonl", encoding="utf-8")]
+    words = _read_items(tasks, LAST_WORD)
     targets = [" " + w["text"].split(" ")[-1] for w in words]
     liks = [loglik(t) for t in targets]
     best = int(np.argmax(logp))
     greedy = [all(i == best for i in tokenizer.encode(t, add_special_tokens=False)) for t in targets]
     out[LAST_WORD] = {"perplexity": math.exp(-sum(liks) / len(liks)), "acc": float(np.mean(greedy))}
-    items = [json.loads(line) for line in open(tasks / f"{NEXT_SENTENCE}.jsonl", encoding="utf-8")]
+    items = _read_items(tasks, NEXT_SENTENCE)
     scores = [[loglik(" " + c) for c in item["choices"]] for item in items]
     acc = np.mean([int(np.argmax(s)) == item["label"] for s, item in zip(scores, items)])
     norm = np.mean([int(np.argmax([v / len(c) for v, c in zip(s, item["choices"])])) == item["label"]
@@ -162,8 +166,8 @@ def score(model_dir: Path, tasks: Path, shards: Path, out: Path, model: str, par
         task_manager=TaskManager(include_path=str(tasks)), limit=params.items, batch_size=params.batch,
         device=device, log_samples=False, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    manifest = json.loads((Path(shards)).read_text())
-    logp = unigram_logprobs(TokenStream(shards, "train"), manifest["vocab_size"])
+    train = TokenStream(shards, "train")
+    logp = unigram_logprobs(train, train.manifest["vocab_size"])
     unigram = unigram_baseline(Path(tasks), tokenizer, logp)
     report = {"model": model, "lm_eval": lm_eval.__version__, "device": device, "items_cap": params.items,
               "tasks": {}}

@@ -33,7 +33,7 @@ from gpt2 import UserError
 from gpt2.articles import read_articles
 from gpt2.files import atomic_dir, file_digest, link_or_copy
 from gpt2.params import ShardsParams
-from gpt2.vocab import UNK, document_tokens, eos_id, load_tokenizer, load_vocab, special_ids, tokenizer_eos_id
+from gpt2.vocab import UNK, document_tokens, eos_id, load_tokenizer, load_vocab, special_ids
 
 DTYPE = np.dtype("<u2")
 BATCH_DOCS = 1024
@@ -278,12 +278,13 @@ def text_stream(text: Path, vocab_path: Path) -> tuple[TokenStream, int]:
     """
     tokenizer = load_tokenizer(vocab_path)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
+    end = eos_id(vocab)
     ids: list[int] = []
     n_bytes = 0
     with open(text, encoding="utf-8") as fh:
         for doc in _text_documents(fh):
             ids.extend(vocab[t] for tokens in document_tokens(tokenizer, doc) for t in tokens)
-            ids.append(tokenizer_eos_id(tokenizer))
+            ids.append(end)
             n_bytes += sum(len(line.encode("utf-8")) + 1 for line in doc)
     if len(ids) < 2:
         raise UserError(f"{text}: no text to score (a blank line separates documents)")

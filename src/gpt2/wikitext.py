@@ -113,15 +113,16 @@ class Scan:
 def admit(page: Page, site: Site, drop_lists: bool, audit: Audit) -> bool:
     """Whether the page is an article to clean; a page that is not is counted by its reason."""
     audit.add("pages", "read")
-    reason = _drop_reason(page, site, drop_lists)
+    reason = _drop_reason(page, site)
+    if reason == "list page" and not drop_lists:
+        audit.add("pages", "list pages kept")
+        return True
     if reason:
         audit.add("pages dropped", reason)
-    elif LIST_TITLES.get(site.lang) and LIST_TITLES[site.lang].search(page.title):
-        audit.add("pages", "list pages kept")
     return not reason
 
 
-def _drop_reason(page: Page, site: Site, drop_lists: bool) -> str:
+def _drop_reason(page: Page, site: Site) -> str:
     if page.ns != "0":
         return "other namespace"
     if page.redirect or page.head.lower().startswith("#redirect"):  # the element, or the English magic word
@@ -131,7 +132,7 @@ def _drop_reason(page: Page, site: Site, drop_lists: bool) -> str:
     if any(is_disambiguation(template_name(n), site.lang) for n in TEMPLATE_NAMES.findall(page.text)):
         return "disambiguation"
     is_list = LIST_TITLES.get(site.lang) and LIST_TITLES[site.lang].search(page.title)
-    return "list page" if is_list and drop_lists else ""
+    return "list page" if is_list else ""
 
 
 class Cleaner:
@@ -211,11 +212,9 @@ class Cleaner:
         elif frame.kind == "[[":
             kind, rendered = self._link(content)
         else:
-            kind, rendered = self._template(content, scan.text, frame.start, end)
+            kind, rendered = self._template(content, scan.text, frame.start, end, own)
         if kind:
             self.audit.add("removed bytes", kind, own)
-            if kind == "templates":
-                self.audit.add("templates dropped", template_name(content.split("|", 1)[0]), own)
             scan.removed(own)
         scan.emit(rendered)
 
@@ -231,11 +230,12 @@ class Cleaner:
             label = label.rsplit("|", 1)[1]
         return "", (label or target).strip().lstrip(":")
 
-    def _template(self, content: str, text: str, start: int, end: int) -> tuple[str, str]:
-        """(kind removed or '', text) of a template: rendered by its rule, else dropped."""
+    def _template(self, content: str, text: str, start: int, end: int, size: int) -> tuple[str, str]:
+        """(kind removed or '', text) of a template of `size` own bytes: rendered by its rule, else dropped."""
         name = template_name(content.split("|", 1)[0])
         rule = rule_for(name, self.site.lang)
         if rule is None or end - start > MAX_RENDERED:
+            self.audit.add("templates dropped", name, size)
             parser_function = ":" in name  # {{#if:...}}, {{DEFAULTSORT:...}}: never words of a sentence
             return "templates", "" if parser_function or is_annotation(name) else GAP
         self.audit.add("templates rendered", name)
