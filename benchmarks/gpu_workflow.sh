@@ -101,7 +101,7 @@ run() {
         memory=(--steps 1 memory --sizes tiny --vocab 512 --batch 2)
         shapes=(--shape ours:512:2 --shape "ours:$vocab:2" --shape hf:512:2)
         TRAIN_EXTRA="--gpus 0 --device cpu --threads 1 --layers 2 --heads 2 --dims 64 --seq_len 64 --steps 24
-                     --batch_tokens 1024 --micro_batch 8 --batch_eval 8 --warmup_steps 2 --eval_every 4
+                     --batch_tokens 1024 --micro_batch 8 --batch_eval 8 --warmup_ratio 0.08 --eval_every 4
                      --eval_tokens 1024 --log_every 2 --checkpoint_every 6"
         EVAL_EXTRA="--device cpu --threads 1"
     fi

@@ -3,6 +3,7 @@
 
 import glob
 import os
+import re
 import shlex
 import sys
 
@@ -11,11 +12,18 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from gpt2 import UserError
-from gpt2.config import check_config
+from gpt2.config import baseline_names, check_config
 from gpt2.dump import dump_name
-from gpt2.launch import launch_command
+from gpt2.launch import (
+    eval_memory_mb,
+    job_layout,
+    launch_command,
+    param_count,
+    train_memory_mb,
+)
 from gpt2.params import (
     Architecture,
+    BaselineParams,
     CorpusParams,
     DownstreamParams,
     DumpParams,
@@ -62,10 +70,13 @@ TRAIN = config["train"]
 # The model the test split scores: the final one, or the one with the lowest validation loss.
 EVAL_MODEL = f"results/train/{{model}}/{'best' if config['evaluate']['checkpoint'] == 'best' else 'model'}.pt"
 REPORT_MODELS = config["report"]["models"]
+# Other causal LMs scored on the same test articles: results/baseline_{name}.json per hub id or folder.
+BASELINES = baseline_names(config["baselines"]["models"])
 
 
 wildcard_constraints:
     model="|".join(sorted(MODELS)),
+    baseline="|".join(map(re.escape, sorted(BASELINES))) or "(?!)",
 
 
 def dump_flags():
@@ -130,6 +141,46 @@ def eval_hardware_flags():
 # validated numbers train.gpus and train.nodes only (no field to quote), so rules/train.smk starts
 # its command with it as is.
 TRAIN_LAUNCHER = launch_command(TRAIN["gpus"], TRAIN["nodes"])
+
+
+def model_params(wildcards):
+    """Parameters of {model} at the configured vocabulary and context."""
+    arch = MODELS[wildcards.model]
+    return param_count(
+        arch["layers"],
+        arch["dims"],
+        config["corpus"]["vocab_size"],
+        TRAIN["seq_len"],
+        TRAIN["mlp_ratio"],
+    )
+
+
+def train_mem_mb(wildcards):
+    """Host memory per node for training {model}: train.mem_mb, or (0) computed from its shape."""
+    return TRAIN["mem_mb"] or train_memory_mb(model_params(wildcards), TRAIN["gpus"])
+
+
+def baseline_model(wildcards):
+    """The hub id or folder that results/baseline_{baseline}.json scores."""
+    return BASELINES[wildcards.baseline]
+
+
+def baseline_input(wildcards):
+    """A baseline that is a local folder is an input, so that replacing the model reruns its score."""
+    model = BASELINES[wildcards.baseline]
+    return {"folder": model} if os.path.isdir(model) else {}
+
+
+def eval_mem_mb(wildcards):
+    return TRAIN["mem_mb"] or eval_memory_mb(model_params(wildcards), TRAIN["gpus"] > 0)
+
+
+# The train job's shape for a scheduler: one node's GPUs, or one task per node (gpt2.launch.job_layout).
+TRAIN_RESOURCES = {
+    "mem_mb": train_mem_mb,
+    "runtime": TRAIN["runtime"],
+    **job_layout(TRAIN["gpus"], TRAIN["nodes"]),
+}
 
 
 def benchmark_files(models):

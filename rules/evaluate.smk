@@ -18,13 +18,40 @@ rule evaluate:
     threads: TRAIN["threads"]
     resources:
         gpu=min(1, TRAIN["gpus"]),
-        mem_mb=TRAIN["mem_mb"],
+        mem_mb=eval_mem_mb,
     params:
         flags=cli_flags(EvaluateParams, config["evaluate"]),
         hardware=eval_hardware_flags(),
     shell:
         "python -m gpt2 evaluate --model_path {input.model:q} --shards {input.manifest:q} --output {output:q}"
         " --name {wildcards.model:q} {params.flags:q} {params.hardware:q} --threads {threads:q}"
+        " > /dev/null 2> {log:q}"
+
+
+rule baseline:
+    input:
+        unpack(baseline_input),
+        manifest="results/shards/manifest.json",
+        test="results/shards/test",
+    output:
+        "results/baseline_{baseline}.json",
+    log:
+        "results/logs/baseline/{baseline}.log",
+    benchmark:
+        "results/benchmarks/baseline/{baseline}.tsv"
+    conda:
+        "../envs/export.yaml"
+    threads: TRAIN["threads"]
+    resources:
+        gpu=min(1, TRAIN["gpus"]),
+    params:
+        model=baseline_model,
+        flags=cli_flags(EvaluateParams, config["evaluate"])
+        + cli_flags(BaselineParams, config["baselines"]),
+        hardware=eval_hardware_flags(),
+    shell:
+        "python -m gpt2 evaluate --hf {params.model:q} --shards {input.manifest:q} --output {output:q}"
+        " --name {wildcards.baseline:q} {params.flags:q} {params.hardware:q} --threads {threads:q}"
         " > /dev/null 2> {log:q}"
 
 

@@ -154,6 +154,30 @@ rule downstream_table:
         "python -m gpt2 table downstream --inputs {input:q} --csv {output.csv:q} --html {output.html:q} 2> {log:q}"
 
 
+rule baselines_table:
+    input:
+        expand("results/eval_{model}.json", model=REPORT_MODELS),
+        expand("results/baseline_{baseline}.json", baseline=BASELINES),
+    output:
+        csv=report(
+            "results/tables/baselines.csv",
+            category="Evaluation",
+            labels={"table": "baselines", "format": "csv"},
+        ),
+        html=report(
+            "results/tables/baselines.html",
+            caption="../report/baselines.rst",
+            category="Evaluation",
+            labels={"table": "baselines", "format": "html"},
+        ),
+    log:
+        "results/logs/baselines_table.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m gpt2 table baselines --inputs {input:q} --csv {output.csv:q} --html {output.html:q} 2> {log:q}"
+
+
 rule runtime_table:
     # The evaluations come last in the DAG: once they exist, so do all benchmark files read here.
     input:
@@ -189,4 +213,6 @@ rule report_all:
         "results/tables/corpus.html",
         "results/tables/audit.html",
         "results/tables/downstream.html",
+        # only with baselines.models: the default needs no network
+        ["results/tables/baselines.html"] if BASELINES else [],
         "results/tables/runtime.html",

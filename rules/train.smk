@@ -21,10 +21,7 @@ rule train:
         "../envs/train.yaml"
     threads: TRAIN["threads"]
     resources:
-        gpu=TRAIN["gpus"],
-        nodes=TRAIN["nodes"],
-        mem_mb=TRAIN["mem_mb"],
-        runtime=TRAIN["runtime"],
+        **TRAIN_RESOURCES,
     params:
         arch=arch_flags,
         flags=cli_flags(TrainParams, TRAIN, skip=("threads",)),

@@ -24,7 +24,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
     --batch_eval 64 \
     --base_lr "${LR:-3e-3}" \
     --wd_rate 1e-2 \
-    --warmup_steps 10 \
+    --warmup_ratio 0.05 \
     --total_steps "${STEPS:-200}" \
     --eval_steps "${EVAL_STEPS:-50}" \
     --save_steps "${SAVE_STEPS:-50}" \

@@ -153,7 +153,7 @@ KOREAN = [
     "광주는 빛고을이라는 뜻의 이름을 가진 도시로 예술과 문화 행사가 많이 열린다. 시민들은 무등산을 자주 오른다.",
 ]
 
-TINY_CONFIG = {"train": {"steps": 150, "batch_tokens": 4096, "micro_batch": 32, "lr": 0.003, "warmup_steps": 15,
+TINY_CONFIG = {"train": {"steps": 150, "batch_tokens": 4096, "micro_batch": 32, "lr": 0.003, "warmup_ratio": 0.1,
                          "eval_every": 50, "eval_tokens": 4096, "log_every": 10, "checkpoint_every": 50}}
 
 

@@ -1,4 +1,4 @@
-"""A real one-node SLURM cluster on this machine (Debian's slurmctld, slurmd and munge), for tests.
+"""A real two-node SLURM cluster on this machine (Debian's slurmctld, two slurmds and munge), for tests.
 
 Needs root and the packages `slurmctld slurmd slurm-client munge` (.ci/run
 installs them). Everything the cluster has lives in a temp folder: its
@@ -6,6 +6,10 @@ slurm.conf too, which the daemons, the clients and the jobs find through
 SLURM_CONF. /etc/slurm is never read or written, so on a machine that belongs
 to a real cluster (a login node) the site's configuration stays as it is; the
 test cluster listens on its own ports.
+
+Its two nodes, n1 and n2, are two slurmd daemons on this one host (slurmd -N), each
+with the host's CPUs and memory: enough for a job of two nodes, one task each, to
+start its steps as on a real cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
 PORTS = (16817, 16818)  # not SLURM's defaults 6817/6818, which a site's daemons may hold
+NODES = ("n1", "n2")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged")
 
 
@@ -37,19 +42,20 @@ def _memory_mb() -> int:
 
 
 def _conf(root: Path, host: str) -> str:
+    nodes = "\n".join(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={PORTS[1] + i} "
+                      f"CPUs={os.cpu_count()} RealMemory={_memory_mb()} State=UNKNOWN" for i, name in enumerate(NODES))
     return f"""ClusterName=local
 SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 SlurmctldPort={PORTS[0]}
-SlurmdPort={PORTS[1]}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -63,8 +69,8 @@ SchedulerType=sched/backfill
 InactiveLimit=0
 KillWait=5
 MinJobAge=3600
-NodeName={host} CPUs={os.cpu_count()} RealMemory={_memory_mb()} State=UNKNOWN
-PartitionName=local Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=local Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -97,29 +103,30 @@ def _srun_shim(root: Path, conf: Path) -> Path:
 
 
 def start(root: Path) -> dict:
-    """Start slurmctld + slurmd; return the environment the clients need. Waits until the node is idle."""
+    """Start slurmctld + the nodes' slurmds; return the environment the clients need. Waits until both are idle."""
     host = socket.gethostname()
-    for sub in ("state", "spool"):
+    for sub in ("state", *(f"spool/{name}" for name in NODES)):
         (root / sub).mkdir(parents=True, exist_ok=True)
     conf = root / "slurm.conf"
     conf.write_text(_conf(root, host))
     env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{_srun_shim(root, conf)}:{os.environ['PATH']}")
     _ensure_munge()
     subprocess.run(["slurmctld", "-c", "-f", str(conf)], check=True, env=env)
-    subprocess.run(["slurmd", "-f", str(conf)], check=True, env=env)
+    for name in NODES:
+        subprocess.run(["slurmd", "-N", name, "-f", str(conf)], check=True, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
         state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env).stdout.strip()
-        if state == "idle":
+        if state == "idle":  # one line: every node is in it
             return env
         time.sleep(0.5)
-    raise RuntimeError(f"the local SLURM node never became idle (state {state!r}); see {root}/*.log")
+    raise RuntimeError(f"the local SLURM nodes never became idle (state {state!r}); see {root}/*.log")
 
 
 def stop(root: Path, env: dict) -> None:
-    """Shut both daemons down (munged stays: other users of munge may need it)."""
+    """Shut the daemons down (munged stays: other users of munge may need it)."""
     subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True)
-    for pid_file in ("slurmd.pid", "slurmctld.pid"):
+    for pid_file in (*(f"slurmd-{name}.pid" for name in NODES), "slurmctld.pid"):
         path = root / pid_file
         if path.exists():
             try:

@@ -15,6 +15,7 @@ import yaml
 
 from conftest import ROOT, gpt2
 from gpt2.params import TrainParams, settings
+from gpt2.evaluate import windows
 from gpt2.shards import TokenStream
 
 REFERENCE_TRAIN_FLAGS = ["--train_corpus", "--eval_corpus", "--vocab_path", "--seq_len", "--layers", "--heads",
@@ -23,7 +24,7 @@ REFERENCE_TRAIN_FLAGS = ["--train_corpus", "--eval_corpus", "--vocab_path", "--s
                          "--save_checkpoint_path", "--from_checkpoint", "--from_pretrained", "--use_amp",
                          "--use_grad_ckpt", "--gpus"]
 TINY = ["--reference_defaults", "--seq_len", "32", "--layers", "2", "--heads", "2", "--dims", "32", "--batch_train", "16", "--base_lr",
-        "3e-3", "--warmup_steps", "5", "--eval_steps", "10", "--save_steps", "10", "--eval_tokens", "1024",
+        "3e-3", "--warmup_ratio", "0.25", "--eval_steps", "10", "--save_steps", "10", "--eval_tokens", "1024",
         "--log_every", "5", "--threads", "2", "--amp", "off"]
 
 
@@ -94,7 +95,7 @@ def test_from_checkpoint_and_from_pretrained(text_run, corpus, tmp_path):
     (["train", "--eval_corpus", "{manifest}", "--heads", "5"], "error: dims (768) must be divisible by heads (5)"),
     (["train", "--eval_corpus", "{manifest}", "--gpus", "2"], "error: --gpus 2, but torch sees 0 CUDA device(s)"),
     (["train", "--eval_corpus", "{manifest}", "--use_grad_ckpt", "--amp", "maybe"], "expected auto, on or off"),
-    (["evaluate", "--eval_corpus", "{manifest}"], "the following arguments are required: --model_path"),
+    (["evaluate", "--eval_corpus", "{manifest}"], "one of the arguments --model_path --hf is required"),
     (["evaluate", "--model_path", "{model}", "--eval_corpus", "{manifest}", "--dims", "128"],
      "error: --dims 128 does not match the checkpoint's 64"),
     (["evaluate", "--model_path", "{vocab}", "--eval_corpus", "{manifest}"], "not a loadable checkpoint"),
@@ -213,12 +214,17 @@ def test_export_round_trips_through_transformers(corpus, tmp_path):
 
     ours, _ = load_model(corpus["model"], torch.device("cpu"))
     ours.eval()
-    ids = torch.from_numpy(np.asarray(TokenStream(corpus["manifest"], "test").window(0, 4 * 128)).astype(np.int64))
-    ids = ids.view(4, 128)
-    with torch.no_grad():
-        expected, _, _ = ours(ids)
-        got = hf(ids).logits[..., : ours.cfg.vocab_size]
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # Exactly the tokenizer's vocabulary: no padding row the model never trained takes probability.
+    assert hf.config.vocab_size == ours.cfg.vocab_size == len(corpus["vocab"].read_text().splitlines())
+    test = TokenStream(corpus["manifest"], "test")
+    for start, length in windows(len(test), 128):  # every predicted token of the test split
+        ids = torch.from_numpy(test.window(start, length + 1).astype(np.int64))[None]
+        with torch.no_grad():
+            mine = ours(ids[:, :-1])[0].log_softmax(-1)
+            theirs = hf(ids[:, :-1]).logits.float().log_softmax(-1)
+        torch.testing.assert_close(theirs.gather(-1, ids[:, 1:, None]), mine.gather(-1, ids[:, 1:, None]),
+                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(theirs.exp().sum(-1), torch.ones(1, length))
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(out)
     assert (tokenizer.unk_token, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (

@@ -601,7 +601,7 @@ def test_hostile_wikitext_takes_linear_work(hostile):
 # --- corpus.tokenizer: bpe, GPT-2's byte-level scheme -----------------------------------------------
 
 BPE = {"corpus": {"tokenizer": "bpe", "vocab_size": 4000}}
-TINY_BPE = {**BPE, "train": {"steps": 12, "batch_tokens": 2048, "micro_batch": 16, "lr": 0.003, "warmup_steps": 2,
+TINY_BPE = {**BPE, "train": {"steps": 12, "batch_tokens": 2048, "micro_batch": 16, "lr": 0.003, "warmup_ratio": 0.17,
                              "eval_every": 12, "eval_tokens": 2048, "checkpoint_every": 12}}
 MIXED = "Mixed: 한국어 텍스트, ελληνικά, emoji 🎉🧪, a\ttab, \x07bell and \x00nul,  two  spaces, é vs e\u0301."
 

@@ -1,4 +1,5 @@
-"""Stage 5: every test token predicted exactly once; the unigram floor on the same positions."""
+"""Stage 5: every test token predicted exactly once; the unigram floor on the same positions; any transformers
+causal LM (--hf) on the same test bytes."""
 
 from __future__ import annotations
 
@@ -6,30 +7,26 @@ import csv
 import io
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import gpt2
+from conftest import ROOT, TINY_CONFIG, gpt2, snakemake
 from gpt2 import UserError
 from gpt2.checkpoint import load_model
-from gpt2.evaluate import stream_nll, unigram_nll, windows
+from gpt2.evaluate import hf_nll, stream_nll, strided_windows, unigram_nll, windows
 from gpt2.model import GPT, GPTConfig
+from gpt2.shards import TokenStream
 
 
-class ArrayStream:
-    """The TokenStream interface over an in-memory array."""
-
-    def __init__(self, ids):
-        self.parts = [np.asarray(ids, dtype="<u2")]
-
-    def __len__(self):
-        return len(self.parts[0])
-
-    def window(self, start, length):
-        return self.parts[0][start: start + length]
+def ArrayStream(ids) -> TokenStream:
+    """A token stream over an in-memory array (its vocabulary: every uint16 id)."""
+    return TokenStream.of(np.asarray(ids, dtype="<u2"), 1 << 16)
 
 
 @pytest.mark.parametrize("n, seq", [(2, 4), (9, 4), (10, 3), (100, 16), (17, 16)])
@@ -92,7 +89,7 @@ def test_report_has_every_required_key(tiny_run):
     assert report["perplexity"] == pytest.approx(math.exp(report["loss"]))
     assert report["bits_per_token"] == pytest.approx(report["loss"] / math.log(2))
     assert set(report["params"]) == {"non_embedding", "total"}
-    assert set(report["versions"]) == {"python", "torch", "snakemake", "expanda"}
+    assert set(report["versions"]) == {"python", "torch", "snakemake", "expanda", "transformers"}
     assert (report["model"], report["layers"], report["dims"]) == ("tiny", 2, 64)
 
 
@@ -131,3 +128,109 @@ def test_evaluate_text_scores_raw_text_as_the_shards(tiny_run, tmp_path):
     assert json.loads(proc.stdout)["test_bytes"] == len(mine.read_bytes()) - 1  # the blank line is no byte
     proc = gpt2("evaluate", "--model_path", str(tiny_run / "results/train/tiny/model.pt"), "--text", str(mine))
     assert proc.returncode == 2 and "--text needs --vocab_path" in proc.stderr.splitlines()[-1]
+
+
+def test_the_unigram_floor_from_counts_equals_scoring_every_test_token(tiny_run):
+    from gpt2.evaluate import unigram_logprobs
+
+    manifest = tiny_run / "results/shards/manifest.json"
+    train, test = TokenStream(manifest, "train"), TokenStream(manifest, "test")
+    vocab_size = train.manifest["vocab_size"]
+    logp = unigram_logprobs(train, vocab_size)
+    targets = np.concatenate([np.asarray(p) for p in test.parts])[1:]
+    nll, count = unigram_nll(train, test, vocab_size)
+    assert count == len(targets) and nll == pytest.approx(float(-logp[targets].sum()), rel=1e-12)
+    nll, count = unigram_nll(train, test, vocab_size, limit=1001)
+    assert count == 1000 and nll == pytest.approx(float(-logp[targets[:1000]].sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("n, context, stride", [(2, 4, 2), (10, 4, 4), (10, 4, 1), (100, 16, 8), (17, 16, 5)])
+def test_strided_windows_score_every_prediction_once_with_enough_context(n, context, stride):
+    spans = strided_windows(n, context, stride)
+    scored = []
+    for start, count in spans:
+        inputs = min(context, n - 1 - start)
+        first = start + inputs - count  # the window's first scored input position
+        assert first == start or first - start >= context - stride  # all there is, or context - stride before it
+        scored += [first + k + 1 for k in range(count)]
+    assert scored == list(range(1, n))
+    if stride == context:
+        assert [(s, c) for s, c in spans] == windows(n, context)
+
+
+def test_hf_nll_equals_token_by_token_scoring():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2)).eval()
+    ids = np.random.default_rng(0).integers(0, 50, 27)
+    total, count = hf_nll(model, ids, context=8, stride=3, batch=2, device=torch.device("cpu"), bf16=False)
+    expected = 0.0
+    for start, scored in strided_windows(len(ids), 8, 3):
+        x = torch.tensor(ids[start: start + 9], dtype=torch.long)[None]
+        logp = model(x[:, :-1]).logits.log_softmax(-1)[0]
+        expected -= logp[torch.arange(len(logp)), x[0, 1:]][-scored:].sum().item()
+    assert count == 26 and total == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    proc = gpt2("export", "--model_path", str(tiny_run / "results/train/tiny/model.pt"), "--vocab_path",
+                str(tiny_run / "results/corpus/vocab.txt"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_our_export_through_hf_gives_our_bits_per_byte(tiny_run, tiny_export, tmp_path):
+    """The --hf path re-encodes the test text with the export's tokenizer: with the same windows (stride =
+    context) it must reach our native bits per byte on the same bytes."""
+    ours = json.loads((tiny_run / "results/eval_tiny.json").read_text())
+    proc = gpt2("evaluate", "--hf", str(tiny_export), "--shards", str(tiny_run / "results/shards/manifest.json"),
+                "--stride", str(ours["seq_len"]), "--output", str(tmp_path / "hf.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hf = json.loads((tmp_path / "hf.json").read_text())
+    assert hf["test_bytes"] == ours["test_bytes"] and hf["seq_len"] == ours["seq_len"] == hf["stride"]
+    assert hf["eval_tokens"] == ours["eval_tokens"] + 1  # also the first token, after the leading end-of-text
+    assert hf["bits_per_byte"] == pytest.approx(ours["bits_per_byte"], rel=0.005)
+    assert hf["tokens_per_byte"] == pytest.approx(hf["eval_tokens"] / hf["test_bytes"])
+    assert hf["params"]["non_embedding"] == ours["params"]["non_embedding"]  # counted alike
+    for key in ("loss", "perplexity", "bits_per_token", "versions", "device", "precision", "tokens_per_second"):
+        assert key in hf, key
+
+
+def test_a_hub_id_without_network_or_cache_is_one_error(tiny_run, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gpt2", "evaluate", "--hf", "gpt2", "--shards",
+                           str(tiny_run / "results/shards/manifest.json")], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1",
+                                   HF_HOME=str(tmp_path / "hf")), timeout=300)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --hf gpt2 (a hub id) could not be loaded") and "cache" in last, proc.stderr
+    proc = gpt2("evaluate", "--hf", "gpt2", "--eval_corpus", str(tiny_run / "results/corpus/corpus.test.txt"),
+                "--vocab_path", str(tiny_run / "results/corpus/vocab.txt"))
+    assert proc.returncode == 2 and "--hf scores raw text" in proc.stderr.splitlines()[-1]
+
+
+def test_a_local_transformers_gpt2_is_a_baseline_in_the_report_table(tiny_run, tiny_export, tmp_path):
+    """baselines.models names a folder: `baseline` scores it on the test articles and the table sets it beside ours."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "random-gpt2"
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                               eos_token_id=tokenizer.eos_token_id)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config = {**TINY_CONFIG, "report": {"models": ["tiny"]}, "baselines": {"models": [str(folder)]}}
+    proc = snakemake(tiny_run, "results/tables/baselines.csv", config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rule train:" not in proc.stdout + proc.stderr  # only the baseline and the table ran
+    baseline = json.loads((tiny_run / "results/baseline_random-gpt2.json").read_text())
+    assert baseline["hf"] == str(folder) and baseline["stride"] == 32  # half the context
+    rows = list(csv.DictReader(open(tiny_run / "results/tables/baselines.csv")))
+    assert [r["model"] for r in rows] == ["tiny", "random-gpt2"] and rows[0]["source"] == "ours"
+    assert rows[0]["test bytes"] == rows[1]["test bytes"]
+    # an untrained model is about uniform over the vocabulary: log2(V) bits per token
+    per_token = float(rows[1]["bits/byte"]) / float(rows[1]["tokens/byte"])
+    assert per_token == pytest.approx(math.log2(len(tokenizer)), rel=0.05)

@@ -128,3 +128,40 @@ def test_checkpoints_that_name_mlp_ratio_rate_still_load(tmp_path):
     torch.save({"model": model.state_dict(), "model_config": legacy}, tmp_path / "old.pt")
     loaded, _ = load_model(tmp_path / "old.pt", torch.device("cpu"))
     assert loaded.cfg == model.cfg
+
+
+def test_evaluation_nll_in_chunks_equals_the_whole_batch_loss():
+    """`nll` makes at most `chunk_tokens` rows of logits at a time and sums the same NLL as the full logits."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(300, 32, 2, 2, 32, 4, 0.0)).eval()
+    ids = torch.randint(0, 300, (5, 33))
+    shapes = []
+    head = model.head
+    model.head = lambda x: shapes.append(tuple(x.shape)) or head(x)
+    with torch.no_grad():
+        chunked = model.nll(ids[:, :-1], ids[:, 1:], chunk_tokens=48)
+        logits, _, _ = model(ids[:, :-1])
+    whole = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert max(rows for rows, _ in shapes[:-1]) == 48 and sum(rows for rows, _ in shapes[:-1]) == 160
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12), ("NVIDIA GH200 480GB", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10", 125e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12),
+    ("NVIDIA L40", 181e12), ("Tesla V100-SXM2-16GB", 125e12), ("Tesla T4", 65e12), ("NVIDIA GeForce GTX 1080", None)])
+def test_each_gpu_gets_its_own_datasheet_peak(name, peak):
+    from gpt2.device import datasheet_peak
+
+    assert datasheet_peak(name)[0] == peak
+
+
+def test_gpus_with_only_emulated_bf16_train_in_fp16(monkeypatch):
+    """torch counts emulated bf16 (V100, T4) as supported unless asked not to; those take fp16 + GradScaler."""
+    from gpt2.device import half_dtype
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or including_emulation)
+    assert half_dtype(torch.device("cuda")) == torch.float16 and asked == [False]

@@ -72,15 +72,17 @@ def test_a_truncated_newest_checkpoint_is_skipped(tiny_run, tmp_path):
 
 def test_non_finite_loss_stops_keeps_the_last_good_checkpoint(tiny_run, tmp_path):
     manifest = tiny_run / "results/shards/manifest.json"
-    proc = subprocess.run(_train_cmd(manifest, tmp_path, "--lr", "1e6", "--warmup_steps", "1", "--save_steps", "1",
+    proc = subprocess.run(_train_cmd(manifest, tmp_path, "--lr", "1e6", "--warmup_ratio", "0.01", "--save_steps", "1",
                                      "--grad_clip", "1e30", "--amp", "off"),
                           env=_env(), capture_output=True, text=True)
     assert proc.returncode == 2
     line = _last_line(proc)
-    assert line.startswith("error: non-finite loss") and " at step " in line and "checkpoint" in line
-    step = int(line.split(" at step ")[1].split(";")[0])
-    assert (tmp_path / f"checkpoints/step_{step - 1:07d}.pt").exists()
-    torch.load(tmp_path / f"checkpoints/step_{step - 1:07d}.pt", weights_only=True)  # a good one
+    assert line.startswith("error: non-finite loss") and " in steps " in line and "checkpoint" in line
+    first, last = map(int, line.split(" in steps ")[1].split(";")[0].split("-"))  # where the damage may be
+    newest = max((tmp_path / "checkpoints").glob("step_*.pt"))
+    assert first - 1 <= int(newest.stem.split("_")[1]) < last
+    weights = torch.load(newest, weights_only=True)["model"]  # a good one
+    assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (tmp_path / "model.pt").exists()
 
 

@@ -180,3 +180,16 @@ def test_raw_text_reads_back_to_the_test_shards(tiny_run):
     test = TokenStream(shards / "manifest.json", "test")
     assert np.array_equal(np.concatenate(stream.parts), np.concatenate(test.parts))
     assert n_bytes == test.manifest["splits"]["test"]["bytes"]
+
+
+def test_each_splits_id_counts_are_made_with_its_shards(tiny_run):
+    """counts.npy beside each split's shards (summed over the buckets) is the bincount of its ids, so
+    training's prior and evaluation's unigram floor never read a split to count it."""
+    manifest = tiny_run / "results/shards/manifest.json"
+    for split in ("train", "valid", "test"):
+        stream = TokenStream(manifest, split)
+        assert stream._counts is not None and stream._counts.is_file()
+        ids = np.concatenate([np.asarray(p) for p in stream.parts])
+        expected = np.bincount(ids, minlength=stream.manifest["vocab_size"])
+        assert np.array_equal(stream.counts(), expected)
+        assert int(stream.counts().sum()) == stream.manifest["splits"][split]["tokens"]

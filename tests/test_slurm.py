@@ -1,4 +1,4 @@
-"""SLURM: launch commands for GPUs and nodes, and the whole DAG on a real one-node SLURM cluster."""
+"""SLURM: launch commands for GPUs and nodes, and the whole DAG on a real two-node SLURM cluster (one host)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import os
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
 import slurm_cluster
 from conftest import ROOT, TINY_CONFIG, serve, snakemake
-from gpt2.launch import launch_command
+from gpt2.launch import launch_command, param_count, train_memory_mb
+from gpt2.params import MODELS
 from wikidump import three_part_dump
 
-SLURM_CONFIG = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10}}
+# One thread per process, as the test profile gives each of two training tasks: bf16 sums depend on it.
+SLURM_CONFIG = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10, "threads": 1}}
 PROFILE = ("--profile", str(ROOT / "profiles/slurm"), "--workflow-profile", str(ROOT / "tests/slurm_profile"))
 LOCAL_RULES = {"list_dump", "fetch_part"}
 
@@ -24,15 +27,83 @@ def test_launch_commands_for_gpus_and_nodes():
     assert launch_command(gpus=0, nodes=1) == launch_command(gpus=1, nodes=1) == "python -m gpt2"
     assert launch_command(gpus=8, nodes=1) == "torchrun --standalone --nproc_per_node 8 -m gpt2"
     two_nodes = launch_command(gpus=4, nodes=2)
-    assert two_nodes.startswith('export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); ')
-    assert ("srun --nodes 2 --ntasks-per-node 1 torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d "
-            "--rdzv_id $SLURM_JOB_ID --rdzv_endpoint $MASTER_ADDR:29500 -m gpt2") in two_nodes
+    assert two_nodes.startswith("export MASTER_ADDR=$(hostname); ")
+    # the step's shape in full: the jobstep executor has removed the allocation's SLURM_NTASKS & co.
+    assert ("srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpus-per-task $((4 * {threads})) --gres=gpu:4 "
+            "--kill-on-bad-exit=1 torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d "
+            "--rdzv_id $SLURM_JOB_ID --rdzv_endpoint $MASTER_ADDR:$((29500 + SLURM_JOB_ID % 1000)) -m gpt2") in two_nodes
+
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _train_job(tmp_path, train: dict, *extra: str) -> tuple[_Resources, str]:
+    """The train job's resources and shell command as a dry run with the SLURM profile renders them."""
+    proc = snakemake(tmp_path, "results/train/small/model.pt", config={"train": train},
+                     extra=("-n", "--printshellcmds", "--profile", str(ROOT / "profiles/slurm"), *extra))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    block = (proc.stdout + proc.stderr).split("rule train:")[1]
+    line = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:")).split("resources:")[1]
+    pairs = (item.strip().split("=", 1) for item in line.split(", "))
+    resources = _Resources({k: int(v) if v.isdigit() else v for k, v in pairs})
+    command = next(ln for ln in block.splitlines() if "gpt2 train" in ln)
+    return resources, command
+
+
+def test_a_two_node_job_asks_each_node_for_its_gpus_and_nests_no_step(tmp_path):
+    """train.nodes 2 x train.gpus 4: the plugin's own sbatch line, one task and 4 GPUs per node, and the
+    multi-task route, in which the plugin starts no step around the rule's shell (our srun is the only one)."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    resources, command = _train_job(tmp_path, {"gpus": 4, "nodes": 2, "batch_tokens": 8192, "micro_batch": 8})
+    job = SimpleNamespace(resources=resources, threads=8)
+    params = {"run_uuid": "x", "slurm_logfile": "log", "comment_str": "train", "account": "", "partition": "-p gpu",
+              "workdir": str(tmp_path)}
+    sbatch = (get_submit_command(job, params) + set_gres_string(job)).split()
+    assert {"--nodes=2", "--ntasks=2", "--gres=gpu:4", "--cpus-per-gpu=8"} <= set(sbatch), sbatch
+    assert not [w for w in sbatch if w.startswith(("--gpus=", "--ntasks-per-gpu"))], sbatch
+    assert "mpi" in resources  # the jobstep plugin runs an mpi job's shell as it is, without `srun -n1`
+    assert command.count("srun ") == 1 and "torchrun --nnodes 2 --nproc_per_node 4" in command
+    # the step asks each node for its 4 GPUs and the CPUs of 4 processes of the rule's threads
+    threads = re.search(r"--threads (\d+)", command)[1]
+    assert f"--ntasks-per-node 1 --cpus-per-task $((4 * {threads})) --gres=gpu:4 " in command
+
+
+def test_a_one_node_job_asks_for_its_gpus_and_the_plugin_runs_it_in_one_step(tmp_path):
+    resources, command = _train_job(tmp_path, {"gpus": 8, "batch_tokens": 8192, "micro_batch": 8})
+    assert resources["gpu"] == 8 and resources["nodes"] == 1 and "mpi" not in resources
+    assert "srun" not in command and "torchrun --standalone --nproc_per_node 8" in command
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_the_train_jobs_memory_follows_the_models_shape(tmp_path, model):
+    """mem_mb is computed from the parameters (counted as model.GPT has them) and the GPUs per node; the
+    profile leaves it alone."""
+    import torch
+
+    from gpt2.model import GPT, GPTConfig
+
+    arch = MODELS[model]
+    with torch.device("meta"):
+        params = GPT(GPTConfig(50257, 1024, arch.layers, arch.heads, arch.dims, 4, 0.0)).num_params()["total"]
+    assert param_count(arch.layers, arch.dims, 50257, 1024, 4) == params
+    shape = {"corpus": {"vocab_size": 50257}, "train": {"gpus": 8, "seq_len": 1024, "batch_tokens": 8192 * 8,
+                                                        "micro_batch": 8}}
+    proc = snakemake(tmp_path, f"results/train/{model}/model.pt", config=shape,
+                     extra=("-n", "--profile", str(ROOT / "profiles/slurm")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mem = int(re.search(r"rule train:.*?resources:.*?\bmem_mb=(\d+)", proc.stdout + proc.stderr, re.S)[1])
+    # rank 0's two pending checkpoint copies of weights + AdamW moments, and 8 processes' own memory
+    assert mem == train_memory_mb(params, 8) >= (2 * 12 * params + 8 * 3000 * 2 ** 20) / 2 ** 20
 
 
 @pytest.mark.parametrize("train, launcher", [
     ({"gpus": 1}, "python -m gpt2 train"),
     ({"gpus": 8, "batch_tokens": 8192, "micro_batch": 8}, "torchrun --standalone --nproc_per_node 8 -m gpt2 train"),
-    ({"gpus": 4, "nodes": 2, "batch_tokens": 8192, "micro_batch": 8}, "srun --nodes 2 --ntasks-per-node 1 torchrun"),
+    ({"gpus": 4, "nodes": 2, "batch_tokens": 8192, "micro_batch": 8},
+     "srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpus-per-task $((4 * 2)) --gres=gpu:4 --kill-on-bad-exit=1"),
 ])
 def test_the_train_rule_renders_the_launcher(tmp_path, train, launcher):
     proc = snakemake(tmp_path, "results/train/small/model.pt", config={"train": train},
@@ -86,6 +157,32 @@ def test_whole_pipeline_runs_as_slurm_jobs(cluster, tmp_path):
     rows = [[line.split(",")[:4] for line in (d / "results/train/tiny/metrics.csv").read_text().splitlines()]
             for d in (work, local)]
     assert rows[0] == rows[1]
+
+
+@pytest.mark.slurm
+def test_a_two_task_training_job_trains_the_curve_of_one_process(cluster, tiny_run, tmp_path):
+    """train.nodes 2 through the profile: one SLURM job on the cluster's two nodes, one task each, each a
+    torchrun of one gloo process, meeting at the c10d rendezvous on the first; its metrics are one process's."""
+    two = {"train": {**SLURM_CONFIG["train"], "micro_batch": 16}}
+    runs = {}
+    for name, train, extra in (("slurm", {"nodes": 2}, PROFILE), ("local", {}, ())):
+        work = tmp_path / name
+        for sub in ("resources", "results/expanda", "results/corpus", "results/parts", "results/shards"):
+            shutil.copytree(tiny_run / sub, work / sub)
+        proc = snakemake(work, "results/train/tiny/model.pt", config={"train": {**two["train"], **train}},
+                         extra=extra, env=cluster if extra else None)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        runs[name] = [line.split(",")[:4] for line in (work / "results/train/tiny/metrics.csv").read_text().splitlines()]
+        if extra:
+            log = proc.stdout + proc.stderr
+            jobs = re.findall(r"SLURM jobid (\d+) \(log: \S+/rule_(\w+)/", log)
+            assert [rule for _, rule in jobs] == ["train"], log[-3000:]
+            show = subprocess.run(["scontrol", "show", "job", jobs[0][0]], capture_output=True, text=True,
+                                  env=cluster).stdout
+            assert "NumNodes=2" in show and "NodeList=n[1-2]" in show and "JobState=COMPLETED" in show, show
+            train_log = (work / "results/logs/train/tiny.log").read_text()
+            assert train_log.count("loop:") == 1  # rank 0 of the two processes reports
+    assert len(runs["slurm"]) == 3 and runs["slurm"] == runs["local"]
 
 
 @pytest.mark.slurm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,11 +30,11 @@ from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
 import gpt2.train
 from gpt2.batches import Batches, Prefetcher
-from gpt2.run_state import Outputs, lr_factor, param_groups
+from gpt2.run_state import Outputs, lr_factor, param_groups, warmup_steps
 from gpt2.train import model_config, train
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
-RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--dropout", "0", "--lr", "0.003", "--warmup_steps", "4",
+RUN = ["--steps", "24", "--batch_tokens", "1024", "--micro_batch", "8", "--dropout", "0", "--lr", "0.003", "--warmup_ratio", "0.17",
        "--eval_every", "8", "--eval_tokens", "1024", "--log_every", "4", "--checkpoint_every", "4",
        "--keep_checkpoints", "3", "--threads", "1", "--device", "cpu"]
 
@@ -79,11 +81,17 @@ def _losses(path: Path) -> list[tuple[int, float, str]]:
 
 
 def test_lr_warms_up_then_decays_to_the_floor():
-    cfg = TrainParams(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    cfg = TrainParams(steps=100, warmup_ratio=0.1, min_lr_ratio=0.1)
     factors = [lr_factor(s, cfg) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_the_warmup_follows_the_runs_length():
+    long = TrainParams(steps=4000, warmup_ratio=0.05)
+    assert warmup_steps(long, long.steps) == 200
+    assert lr_factor(198, long) < 1 and lr_factor(199, long) == pytest.approx(1.0)
 
 
 def test_every_sequence_is_seen_once_per_epoch(tiny_run):
@@ -109,6 +117,28 @@ def test_prefetched_micro_batches_are_the_steps_sequences(tiny_run):
         feed.close()
 
 
+def test_several_readers_hand_out_the_steps_in_order(tiny_run):
+    stream = TokenStream(tiny_run / "results/shards/manifest.json", "train")
+    batches = Batches(stream, 64, 8, 3)
+    feed = Prefetcher(batches, [slice(0, 8)], 3, 3 + 2 * batches.count // 8, None, readers=3)  # two epochs
+    try:
+        for step in range(3, 3 + 2 * batches.count // 8):
+            assert torch.equal(feed.next()[0], batches.host(Batches(stream, 64, 8, 3).indices(step), pin=False))
+    finally:
+        feed.close()
+
+
+def test_training_reads_its_shards_with_random_access_advice(tiny_run):
+    """MADV_RANDOM shows as the mapping's "rr" flag in /proc/self/smaps: no read-ahead around each window."""
+    stream = TokenStream(tiny_run / "results/shards/manifest.json", "train")
+    Batches(stream, 64, 8, 3)
+    shard = str(tiny_run / "results/shards" / stream.manifest["splits"]["train"]["shards"][0]["file"])
+    smaps = Path("/proc/self/smaps").read_text().split("\n")
+    at = next(i for i, line in enumerate(smaps) if line.endswith(shard))
+    flags = next(line for line in smaps[at:] if line.startswith("VmFlags:")).split()
+    assert "rr" in flags, flags
+
+
 def test_a_failing_prefetch_thread_raises_in_the_training_thread(tiny_run):
     batches = Batches(TokenStream(tiny_run / "results/shards/manifest.json", "train"), 64, 8, 3)
     batches.host = lambda seqs, pin: 1 / 0
@@ -119,7 +149,7 @@ def test_a_failing_prefetch_thread_raises_in_the_training_thread(tiny_run):
     stuck = Prefetcher(Batches(batches.stream, 64, 8, 3), [slice(0, 8)], 0, 100, None, depth=1)
     time.sleep(0.2)  # the thread now blocks on a full queue; close() must still end it
     stuck.close()
-    assert not stuck._thread.is_alive()
+    assert not any(thread.is_alive() for thread in stuck._threads)
 
 
 def test_on_a_gpu_the_prefetch_thread_pins_under_the_training_gpu(tiny_run, monkeypatch):
@@ -225,6 +255,46 @@ def test_a_second_run_into_a_held_folder_is_refused_and_stale_temps_go(tiny_run,
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not any(p.exists() for p in stale) and all(p.exists() for p in theirs)
     assert f"removing {stale[0]}, left by a run that was stopped while writing it" in proc.stderr
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK])
+def test_without_flock_the_folder_is_held_by_an_exclusive_file(tmp_path, monkeypatch, capsys, code):
+    """Lustre and some NFS mounts answer flock with ENOSYS/EOPNOTSUPP/ENOLCK: the run still holds its folder."""
+    from gpt2 import UserError, checkpoint
+
+    def no_flock(fh, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(checkpoint.fcntl, "flock", no_flock)
+    folder = tmp_path / "checkpoints"
+    with checkpoint.holding(folder):
+        assert "has no flock" in capsys.readouterr().err
+        with pytest.raises(UserError, match=f"in use by a training run \\(pid {os.getpid()} on "):
+            with checkpoint.holding(folder):
+                pass
+    assert not (folder / ".lock.held").exists()
+    # A holder that was killed leaves the file; a process of this host that is gone no longer holds it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / ".lock.held").write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()} since then\n")
+    with checkpoint.holding(folder):
+        assert "is gone; taking it over" in capsys.readouterr().err
+    (folder / ".lock.held").write_text("pid 1 on another-host since then\n")  # another host's: never taken
+    with pytest.raises(UserError, match="another-host"):
+        with checkpoint.holding(folder):
+            pass
+
+
+def test_mfu_is_per_device():
+    """Two processes train twice the tokens per second on two devices: each device's MFU is one process's."""
+    from gpt2.distributed import Dist
+    from gpt2.train import mfu
+
+    run = SimpleNamespace(peak_flops=1e12, env=Dist(rank=0, world=1))
+    state = SimpleNamespace(model=GPT(GPTConfig(512, 64, 2, 2, 64, 4, 0.0)))
+    one = mfu(run, state, 1000.0)
+    assert one == pytest.approx(1000.0 * state.model.flops_per_token() / 1e12)
+    run.env = Dist(rank=0, world=2)
+    assert mfu(run, state, 2000.0) == pytest.approx(one)
 
 
 def test_checkpoints_rotate_by_step_number_not_by_name(tmp_path):
@@ -389,7 +459,7 @@ def test_raising_steps_extends_a_finished_run(tiny_run, tmp_path):
     for sub in ("resources", "results/expanda", "results/corpus", "results/shards"):
         shutil.copytree(tiny_run / sub, tmp_path / sub)
     config = {"train": {**TINY_CONFIG["train"], "steps": 20, "eval_every": 10, "checkpoint_every": 10,
-                        "warmup_steps": 5}}
+                        "warmup_ratio": 0.25}}
     proc = snakemake(tmp_path, "results/eval_tiny.json", config=config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = _rows(tmp_path / "results/train/tiny/metrics.csv")

@@ -80,6 +80,8 @@ def test_documented_snakemake_commands_put_targets_before_config_options():
     ({"train": {"batch_tokens": 1000}}, "train.batch_tokens = 1000 is not a multiple of"),
     ({"train": {"steps": 0}}, "train.steps = 0 is out of range"),
     ({"train": {"amp": "maybe"}}, "train.amp = 'maybe' must be one of"),
+    ({"baselines": {"models": ["gpt2", "/models/gpt2/"]}}, "baselines.models lists 'gpt2' and '/models/gpt2/'"),
+    ({"baselines": {"models": ["/"]}}, "baselines.models entry '/' does not end in a usable name"),
 ])
 @pytest.mark.reliability
 def test_bad_values_name_the_key(config, key):

@@ -30,13 +30,18 @@ class Batches:
         self.count = (len(stream) - 1) // seq_len
         if self.count < 1:
             raise UserError(f"the train split has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
-        self._epoch, self._perm = -1, None
+        stream.random_access()
+        self._orders: dict[int, torch.Tensor] = {}  # the latest epochs' permutations (readers may straddle two)
+        self._lock = threading.Lock()  # the prefetch readers share this cache
 
     def _order(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.count, generator=g)
-        return self._perm
+        with self._lock:
+            if epoch not in self._orders:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._orders[epoch] = torch.randperm(self.count, generator=g)
+                for old in sorted(self._orders)[:-2]:
+                    del self._orders[old]
+            return self._orders[epoch]
 
     def indices(self, step: int) -> list[int]:
         first = step * self.per_step
@@ -50,37 +55,43 @@ class Batches:
 
 
 class Prefetcher:
-    """The micro-batches of the coming steps, built by a background thread.
+    """The micro-batches of the coming steps, built by `readers` background threads.
 
-    Each step ends in a host-device sync (the gradient norm is checked), so a
-    batch gathered from the memmapped shards after it would leave the device
-    idle; here it is ready (pinned for CUDA) before the step starts. Data order
-    stays a pure function of the step: the thread only works ahead.
+    A batch gathered from the memmapped shards after a step would leave the
+    device idle; here it is ready (pinned for CUDA) before the step starts.
+    Reader k builds steps first + k, first + k + readers, ... into a queue of
+    its own, and `next()` takes the queues in turn, so the data order stays a
+    pure function of the step whatever the number of readers (several pay on
+    network file systems, where each random window waits on the network).
     """
 
     def __init__(self, batches: Batches, slices: list[slice], first: int, last: int, gpu: int | None,
-                 depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+                 depth: int = 2, readers: int = 1):
+        self._queues = [queue.Queue(maxsize=depth) for _ in range(readers)]
         self._stop = threading.Event()
+        self._next = 0  # how many steps next() has handed out
         self.waited = 0.0  # seconds the training thread spent blocked in next()
-        self._thread = threading.Thread(target=self._fill, args=(batches, slices, first, last, gpu), daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._fill, daemon=True,
+                                          args=(batches, slices, range(first + k, last, readers), gpu, q))
+                         for k, q in enumerate(self._queues)]
+        for thread in self._threads:
+            thread.start()
 
-    def _fill(self, batches: Batches, slices: list[slice], first: int, last: int, gpu: int | None) -> None:
-        """Batches of steps first..last-1, pinned for GPU `gpu` (an index; None: the CPU, no pinning)."""
+    def _fill(self, batches: Batches, slices: list[slice], steps: range, gpu: int | None, out: queue.Queue) -> None:
+        """Batches of `steps` into `out`, pinned for GPU `gpu` (an index; None: the CPU, no pinning)."""
         try:
             if gpu is not None:  # a new thread's current GPU is 0: pin under this rank's, not a context on GPU 0
                 torch.cuda.set_device(gpu)
-            for step in range(first, last):
+            for step in steps:
                 seqs = batches.indices(step)
-                self._put([batches.host(seqs[part], gpu is not None) for part in slices])
+                self._put(out, [batches.host(seqs[part], gpu is not None) for part in slices])
         except BaseException as exc:  # raised again by next() in the training thread
-            self._put(exc)
+            self._put(out, exc)
 
-    def _put(self, item) -> None:
+    def _put(self, out: queue.Queue, item) -> None:
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                out.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -88,7 +99,8 @@ class Prefetcher:
     def next(self) -> list[torch.Tensor]:
         """This process's micro-batches of the next step, (B, T + 1) each, on the host."""
         asked = time.perf_counter()
-        item = self._queue.get()
+        item = self._queues[self._next % len(self._queues)].get()
+        self._next += 1
         self.waited += time.perf_counter() - asked
         if isinstance(item, BaseException):
             raise item
@@ -96,4 +108,5 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()

@@ -8,6 +8,7 @@ model and the configs only. Both load with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import queue
@@ -33,7 +34,9 @@ def load(path: str | Path, label: str = "") -> dict:
     if not path.is_file():
         raise UserError(f"{label}: no such file; train it first (rule train)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read from the file as they are used, so a resume holds no second copy of the
+        # weights and optimizer moments in host memory per process (the page cache is shared on a node).
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncated files, pickles with code, non-checkpoints all land here
         raise UserError(f"{label}: not a loadable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
@@ -45,7 +48,7 @@ def save(state: dict, path: str | Path) -> None:
     """torch.save through a temp file; a failed write (full disk) leaves `path` as it was."""
     try:
         with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+            torch.save(to_host(state, copy=False), tmp)  # GPU tensors saved as host ones load anywhere
     except RuntimeError as exc:  # torch's zip writer reports write errors as RuntimeError
         raise UserError(f"could not write {path} ({str(exc).splitlines()[0][:80]}); is the disk full? "
                         "Earlier checkpoints are kept") from None
@@ -85,27 +88,77 @@ def paths(folder: Path) -> list[Path]:
 @contextlib.contextmanager
 def holding(folder: Path) -> Iterator[None]:
     """Hold `folder` for one training run: a second run into it is refused, naming the holder. Stale temp
-    files of a run that was killed are removed once the folder is held (they cannot be a live run's)."""
+    files of a run that was killed are removed once the folder is held (they cannot be a live run's).
+
+    The lock is `flock` on `.lock`; on file systems without it (Lustre and NFS mounts without
+    flock support answer ENOSYS, EOPNOTSUPP or ENOLCK) it is the file `.lock.held`, created
+    exclusively, naming its holder; one left by a process that is gone (same host) is taken over.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / ".lock"
-    with open(lock, "a+") as fh:
+    holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    with open(folder / ".lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock = None
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise UserError(f"{folder} is in use by a training run ({holder}); wait for it to end or stop it, "
-                            "or train into another folder") from None
+            _refuse(folder, fh.read().strip())
+        except OSError as exc:
+            if exc.errno not in NO_FLOCK:
+                raise
+            print(f"{folder}: the file system has no flock ({os.strerror(exc.errno)}); holding the folder by "
+                  "the exclusively created file .lock.held instead", file=sys.stderr)
+            lock = _hold_by_file(folder / ".lock.held", holder)
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.write(holder + "\n")
         fh.flush()
         remove_stale_temps(folder, RUN_FILES)
         try:
             yield
         finally:
             fh.truncate(0)
+            if lock is not None:
+                lock.unlink(missing_ok=True)
+
+
+NO_FLOCK = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)
+
+
+def _refuse(folder: Path, holder: str) -> None:
+    raise UserError(f"{folder} is in use by a training run ({holder or 'another process'}); wait for it to end "
+                    "or stop it, or train into another folder") from None
+
+
+def _hold_by_file(lock: Path, holder: str) -> Path:
+    """Create `lock` exclusively with `holder` in it; take it over when it names a dead process of this host."""
+    for _ in range(2):
+        try:
+            with open(lock, "x") as fh:
+                fh.write(holder + "\n")
+            return lock
+        except FileExistsError:
+            held = lock.read_text().strip()
+            if not _holder_is_gone(held):
+                _refuse(lock.parent, held)
+            print(f"{lock}: its holder ({held}) is gone; taking it over", file=sys.stderr)
+            lock.unlink(missing_ok=True)
+    _refuse(lock.parent, lock.read_text().strip())
+
+
+def _holder_is_gone(held: str) -> bool:
+    """`pid N on HOST ...` names a process of this host that no longer runs (another host's: unknown, kept)."""
+    match = re.match(r"pid (\d+) on (\S+) ", held)
+    if not match or match[2] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def load_training(path: Path) -> dict:
@@ -142,14 +195,15 @@ def save_rotating(folder: Path, state: dict, keep: int) -> Path:
 # --- writing while training goes on ----------------------------------------------------
 
 
-def to_host(value: Any) -> Any:
-    """A copy of a (nested) state dict with every tensor copied to host memory, detached from training."""
+def to_host(value: Any, copy: bool = True) -> Any:
+    """A (nested) state dict with every tensor in host memory: copied, detached from training (`copy`), or
+    moved only where it lives on another device."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=copy)
     if isinstance(value, dict):
-        return {k: to_host(v) for k, v in value.items()}
+        return {k: to_host(v, copy) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(to_host(v) for v in value)
+        return type(value)(to_host(v, copy) for v in value)
     return value
 
 

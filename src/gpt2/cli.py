@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gpt2 import UserError
-from gpt2.params import (REFERENCE_DEFAULTS, Architecture, CorpusParams, DownstreamParams, DumpParams,
+from gpt2.params import (REFERENCE_DEFAULTS, Architecture, BaselineParams, CorpusParams, DownstreamParams, DumpParams,
                          EvaluateParams, Hardware,
                          ReportParams, SampleParams, ShardsParams, Switch, TrainParams, check_ranges, choices,
                          default, settings)
@@ -164,13 +164,17 @@ COMMANDS = {
         (Architecture, TrainParams)),
     "evaluate": Command("gpt2.evaluate:evaluate_command", "test loss, perplexity, bits per byte and the unigram "
                         "baseline as JSON", (
-        MODEL, SHARDS, EVAL_CORPUS,
+        _file("model_path", "model.pt written by train", group="model"),
+        Arg("hf", "instead of a model.pt: a transformers causal LM, a hub id (gpt2, gpt2-medium) or a local "
+                  "folder, scored with its own tokenizer on the test split's text (--shards or --text)", str,
+            group="model"),
+        SHARDS, EVAL_CORPUS,
         _file("text", "raw UTF-8 text to score (with --vocab_path): each line tokenized as expanda does, a blank "
                       "line between documents", group="data"),
         _file("train_corpus", "with a text eval corpus: expanda's corpus.train.txt, for the unigram baseline"),
         VOCAB, Arg("output", "also write the JSON report here"),
         Arg("name", "model name in the report (default: the model's folder)", str, default="")),
-        (EvaluateParams, Hardware), checks_architecture=True),
+        (EvaluateParams, BaselineParams, Hardware), checks_architecture=True),
     "generate": Command("gpt2.generate:generate_command", "complete prompts (interactive without --prompt)", (
         MODEL, NEEDS_VOCAB,
         Arg("prompt", "a prompt (repeat for several); none: read prompts from stdin", str,
@@ -207,10 +211,11 @@ COMMANDS = {
     "samples": Command("gpt2.report:write_samples", "seeded completions of the report's prompts", (
         MODEL, NEEDS_VOCAB, Arg("output", "the samples file", required=True)), (ReportParams,)),
     "table": Command("gpt2.report:write_table", "a CSV + HTML table for the report", (
-        Arg("kind", "evaluation, corpus, audit, downstream or runtime", str, positional=True,
-            options={"choices": ["evaluation", "corpus", "audit", "downstream", "runtime"]}),
+        Arg("kind", "evaluation, corpus, audit, downstream, baselines or runtime", str, positional=True,
+            options={"choices": ["evaluation", "corpus", "audit", "downstream", "baselines", "runtime"]}),
         _file("inputs", "evaluation: eval JSONs; corpus: manifest.json and the dump's .json; audit: the corpus "
-                        "audit.json; downstream: downstream JSONs; runtime: benchmark TSVs", required=True,
+                        "audit.json; downstream: downstream JSONs; baselines: eval and baseline JSONs; runtime: "
+                        "benchmark TSVs", required=True,
               options={"nargs": "+"}),
         Arg("csv", "output CSV", required=True), Arg("html", "output HTML", required=True))),
     "screenshot": Command("gpt2.report:screenshot_report", "PNG of the HTML report with the loss curves open "

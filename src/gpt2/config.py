@@ -7,6 +7,7 @@ the rules across keys that a JSON schema cannot say.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import jsonschema
@@ -93,6 +94,10 @@ def _refuse_removed_keys(config: dict) -> None:
     if "unit" in corpus:
         raise UserError("config: corpus.unit is gone: every corpus is built of whole articles, each keeping its "
                         "sentences in order (the sentence unit was expanda's one-job build); remove the key")
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    if "warmup_steps" in train:
+        raise UserError("config: train.warmup_steps is now train.warmup_ratio, the fraction of the steps the "
+                        "warmup takes (it follows train.steps); e.g. 0.05")
     if "chunks" in corpus:
         raise UserError("config: corpus.chunks is now two keys: corpus.extract_jobs (extraction pieces to aim "
                         "for) and corpus.buckets (shuffle buckets); set those instead")
@@ -128,11 +133,28 @@ def _check_consistency(config: dict) -> None:
             raise UserError(f"config: report.models lists {name!r}, which is not under models: "
                             f"({', '.join(config['models'])})")
     _check_dump_path(config["dump"])
+    baseline_names(config["baselines"]["models"])
     train = from_values(TrainParams, config["train"])
     try:
         accumulation(train, max(1, train.gpus) * train.nodes)
     except UserError as exc:
         raise UserError(f"config: {exc}") from None
+
+
+def baseline_names(models: list[str]) -> dict[str, str]:
+    """results/baseline_{name}.json's name -> the hub id or folder of each of baselines.models: the id's
+    last part (gpt2 for openai-community/gpt2, gpt2-medium for ~/models/gpt2-medium/)."""
+    names: dict[str, str] = {}
+    for model in models:
+        name = Path(model.rstrip("/")).name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise UserError(f"config: baselines.models entry {model!r} does not end in a usable name (letters, "
+                            "digits, . _ -); name a hub id such as gpt2 or a folder")
+        if name in names:
+            raise UserError(f"config: baselines.models lists {names[name]!r} and {model!r}, which share the name "
+                            f"{name!r}; keep one, or copy one to a folder of another name")
+        names[name] = model
+    return names
 
 
 # The workflow's own outputs (relative to its working directory): Snakemake deletes an output

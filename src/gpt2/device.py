@@ -46,8 +46,9 @@ def use_bf16(amp: str, device: torch.device) -> bool:
 
 
 def half_dtype(device: torch.device) -> torch.dtype:
-    """bf16, or fp16 on GPUs without bf16 (before Ampere), where training then needs a GradScaler."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    """bf16, or fp16 on GPUs without native bf16 (before Ampere: V100, T4), where training then needs a
+    GradScaler. torch counts emulated bf16 as supported by default; emulation is many times slower."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16
     return torch.bfloat16
 
@@ -64,10 +65,21 @@ def precision_name(bf16: bool, device: torch.device) -> str:
     return ("fp16" if half_dtype(device) == torch.float16 else "bf16") + " autocast"
 
 
-# Dense bf16 (fp16 where there is no bf16) tensor-core peaks from the vendors' datasheets, in FLOP/s.
-DATASHEET_PEAKS = {"H200": 989e12, "H100": 989e12, "GH200": 989e12, "A100": 312e12, "A800": 312e12,
-                   "L40S": 362e12, "L40": 181e12, "A10": 125e12, "L4": 121e12, "RTX 4090": 165e12,
-                   "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+# Dense 16-bit tensor-core peaks (bf16; fp16 on V100/T4, which lack bf16) from the vendors' datasheets, in
+# FLOP/s, per GPU. Matched in order against torch.cuda.get_device_name: the PCIe and NVL variants of
+# H100/H200 first (lower clocks and power than SXM), then whole model names (A10 is not A100, L4 not L40).
+DATASHEET_PEAKS = [(r"\bH100\b.*\bPCIe\b", 756e12), (r"\b(H100|H200)\b.*\bNVL\b", 835e12),
+                   (r"\b(H100|H200|GH200)\b", 989e12), (r"\bB200\b", 2250e12), (r"\b(A100|A800)\b", 312e12),
+                   (r"\bL40S\b", 362e12), (r"\bL40\b", 181e12), (r"\bA10\b", 125e12), (r"\bL4\b", 121e12),
+                   (r"\bRTX 4090\b", 165e12), (r"\bRTX 3090\b", 71e12), (r"\bV100\b", 125e12), (r"\bT4\b", 65e12)]
+
+
+def datasheet_peak(name: str) -> tuple[float | None, str]:
+    """The dense 16-bit peak of the GPU called `name` (torch.cuda.get_device_name), and its source."""
+    for pattern, peak in DATASHEET_PEAKS:
+        if re.search(pattern, name):
+            return peak, f"{name} datasheet, dense 16-bit"
+    return None, f"no datasheet peak for {name}"
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5, best: bool = False) -> float:
@@ -85,15 +97,12 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
 def peak_flops(device: torch.device, bf16: bool) -> tuple[float | None, str]:
     """The device's peak FLOP/s in the precision used, and where the figure comes from.
 
-    CPU: a measured matmul in that precision. GPU: the datasheet's dense bf16
+    CPU: a measured matmul in that precision. GPU: the datasheet's dense 16-bit
     peak for known models (None for others, so MFU is left out rather than made up).
     """
     if device.type == "cpu":
         dtype = torch.bfloat16 if bf16 else torch.float32
         # The fastest of several: a shared or throttled machine's slow moments must not lower the peak.
         return matmul_peak(dtype, repeats=5, best=True), f"measured {dtype} 2048^3 matmul, fastest of 5"
-    name = torch.cuda.get_device_name(device)
-    for model, peak in DATASHEET_PEAKS.items():
-        if model in name:
-            return (peak if bf16 else None), f"{model} datasheet, dense bf16"
-    return None, f"no datasheet peak for {name}"
+    peak, source = datasheet_peak(torch.cuda.get_device_name(device))
+    return (peak if bf16 else None), source

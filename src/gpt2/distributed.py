@@ -37,12 +37,13 @@ def init_distributed(device: str) -> Dist:
     return Dist(dist.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 
-def all_mean(value: torch.Tensor, env: Dist) -> float:
+def all_mean(value: torch.Tensor, env: Dist) -> torch.Tensor:
+    """The mean of `value` over the ranks, left on the device."""
     if env.world > 1:
         value = value.clone()
         dist.all_reduce(value)
         value /= env.world
-    return float(value)
+    return value
 
 
 def rng_states(env: Dist) -> list[torch.Tensor]:

@@ -4,6 +4,11 @@ The test stream is cut into consecutive windows of `seq_len` inputs; window i
 predicts tokens i*S+1 .. i*S+S, the last window is simply shorter (no token
 dropped, no padding). The unigram baseline is scored on exactly the same
 predicted positions.
+
+`--hf` scores any transformers causal LM (OpenAI's GPT-2, our own export) on
+the same test documents: its tokenizer re-encodes each document's text, and
+bits per byte -- the NLL of every byte of that text -- compare models whatever
+their tokenizers.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from gpt2 import UserError, checkpoint
 from gpt2.device import autocast, precision_name, resolve_device, set_threads, use_bf16
 from gpt2.files import atomic_path
 from gpt2.model import GPT
-from gpt2.params import EvaluateParams, Hardware
-from gpt2.shards import TokenStream, check_vocab, manifest_for, text_stream
+from gpt2.params import BaselineParams, EvaluateParams, Hardware
+from gpt2.shards import TokenStream, check_vocab, manifest_for, text_documents, text_stream
 
 
 def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
@@ -50,7 +55,7 @@ def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device
         rows = np.stack([stream.window(start, length + 1) for start, length in group]).astype(np.int64)
         ids = torch.from_numpy(rows).to(device, non_blocking=True)
         with autocast(device, bf16):
-            _, loss, _ = model(ids[:, :-1], ids[:, 1:], reduction="sum")
+            loss = model.nll(ids[:, :-1], ids[:, 1:])
         total += float(loss)
         count += ids[:, 1:].numel()
     model.train(was_training)
@@ -58,10 +63,8 @@ def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device
 
 
 def unigram_logprobs(train: TokenStream, vocab_size: int) -> np.ndarray:
-    """Log-probabilities of the add-one-smoothed unigram model of the train split, counted shard by shard."""
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for part in train.parts:
-        counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
+    """Log-probabilities of the add-one-smoothed unigram model of the train split (its counts.npy)."""
+    counts = train.counts()[:vocab_size]
     return np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
 
 
@@ -69,8 +72,12 @@ def unigram_nll(train: TokenStream, test: TokenStream, vocab_size: int, limit: i
                 ) -> tuple[float, int]:
     """Add-one-smoothed unigram model from train counts, scored on test tokens 1..n-1 (of the first `limit`)."""
     logp = unigram_logprobs(train, vocab_size)
-    targets = np.concatenate(test.parts)[1:limit]
-    return float(-logp[targets].sum()), len(targets)
+    if limit is None:  # every id of the split is predicted but the first: counts, never the ids themselves
+        predicted = test.counts()[:vocab_size].copy()
+        predicted[int(test.window(0, 1)[0])] -= 1
+    else:
+        predicted = np.bincount(test.window(0, min(limit, len(test)))[1:], minlength=vocab_size)[:vocab_size]
+    return float(-(predicted @ logp)), int(predicted.sum())
 
 
 def versions() -> dict[str, str]:
@@ -81,7 +88,7 @@ def versions() -> dict[str, str]:
             return "not installed"
 
     return {"python": platform.python_version(), "torch": torch.__version__, "snakemake": version("snakemake"),
-            "expanda": version("expanda")}
+            "expanda": version("expanda"), "transformers": version("transformers")}
 
 
 def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, test_bytes: int | None, batch_eval: int,
@@ -106,7 +113,7 @@ def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, test_byte
     per_byte = test_bytes if test_bytes and limit is None else None
     return {"eval_tokens": count, "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
             "bits_per_byte": None if per_byte is None else nll / math.log(2) / per_byte,
-            "test_bytes": per_byte,
+            "test_bytes": per_byte, "tokens_per_byte": None if per_byte is None else count / per_byte,
             "unigram_loss": None if uni is None else uni / count,
             "unigram_perplexity": None if uni is None else math.exp(uni / count),
             "unigram_bits_per_byte": None if uni is None or per_byte is None else uni / math.log(2) / per_byte,
@@ -129,12 +136,17 @@ def _test_data(shards: Path | None, eval_corpus: Path | None, text: Path | None,
     return test, TokenStream(manifest, "train") if has_train else None, test.manifest["splits"]["test"].get("bytes")
 
 
-def evaluate_command(model_path: Path, output: Path | None, name: str, shards: Path | None,
+def evaluate_command(model_path: Path | None, hf: str | None, output: Path | None, name: str, shards: Path | None,
                      eval_corpus: Path | None, text: Path | None, train_corpus: Path | None,
-                     vocab_path: Path | None, expect: dict, params: EvaluateParams, hardware: Hardware) -> dict:
-    """`python -m gpt2 evaluate`: score a model.pt, print the JSON report and write it to `output` atomically."""
+                     vocab_path: Path | None, expect: dict, params: EvaluateParams, baseline: BaselineParams,
+                     hardware: Hardware) -> dict:
+    """`python -m gpt2 evaluate`: score a model.pt (or with `hf`, a transformers model), print the JSON report
+    and write it to `output` atomically."""
     dev = resolve_device(hardware.device)
     set_threads(hardware.threads)
+    if hf is not None:
+        return _write(evaluate_hf(hf, name, _hf_text(shards, eval_corpus, text), params, baseline, dev,
+                                  use_bf16(hardware.amp, dev)), output)
     model, state = checkpoint.load_model(model_path, dev)
     checkpoint.check_architecture(model.cfg, expect, model_path)
     bf16 = use_bf16(hardware.amp, dev)
@@ -152,13 +164,146 @@ def evaluate_command(model_path: Path, output: Path | None, name: str, shards: P
               "checkpoint": str(model_path), "selected": state.get("selected", "final"),
               "valid_loss": state.get("valid_loss"), "seed": state["train_config"]["seed"], "device": str(dev),
               "precision": precision_name(bf16, dev), "versions": versions()}
+    return _write(report, output)
+
+
+def _write(report: dict, output: Path | None) -> dict:
+    """Log a line, print the report as JSON and write it to `output` (atomically) when given."""
     if output is not None:
         with atomic_path(output) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
-    floor = "n/a" if train is None else f"{report['unigram_perplexity']:.1f}"
+    floor = "n/a" if report.get("unigram_perplexity") is None else f"{report['unigram_perplexity']:.1f}"
     per_byte = "n/a" if report["bits_per_byte"] is None else f"{report['bits_per_byte']:.4f}"
     print(f"{report['model']}: loss {report['loss']:.4f} nats, perplexity {report['perplexity']:.1f} "
           f"(unigram {floor}), {per_byte} bits/byte over {report['eval_tokens']:,} tokens, "
           f"{report['tokens_per_second']:,.0f} tokens/s", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return report
+
+
+# --- any transformers causal LM on the same test text (--hf) -------------------------------------------
+
+
+def strided_windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int]]:
+    """(start, scored) windows over a stream of n_tokens ids: the window's inputs are ids start ..
+    start+context-1 (fewer at the end) and it scores its last `scored` predictions, so each of the
+    n_tokens - 1 predictions is scored once, with at least context - stride ids before it (or all there
+    are). stride == context gives `windows`' non-overlapping cut."""
+    spans, scored_to = [], 1  # id 0 is context only
+    for start in range(0, n_tokens - 1, stride):
+        end = min(start + context + 1, n_tokens)  # one past the window's last target
+        spans.append((start, end - scored_to))
+        scored_to = end
+        if end == n_tokens:
+            break
+    return spans
+
+
+def _hf_text(shards: Path | None, eval_corpus: Path | None, text: Path | None) -> tuple[Path, int | None]:
+    """The raw test text --hf scores and the bytes the shards counted for it (None for a --text file)."""
+    if text is not None:
+        return text, None
+    manifest = shards or (eval_corpus if eval_corpus is not None and eval_corpus.suffix == ".json" else None)
+    if manifest is None:
+        raise UserError("--hf scores raw text: give --shards MANIFEST (its test/text.txt) or --text FILE, not "
+                        "expanda's token lines")
+    test = json.loads(Path(manifest).read_text())["splits"]["test"]
+    source = Path(manifest).parent / "test" / "text.txt"
+    if not source.is_file() or test.get("bytes") is None:
+        raise UserError(f"{manifest}: its test split has no raw text (test/text.txt); rebuild the shards from a "
+                        "corpus with corpus.raw.txt")
+    return source, test["bytes"]
+
+
+def hf_stream(tokenizer, docs: list[str], batch: int = 256) -> np.ndarray:
+    """The ids `tokenizer` gives the documents, as GPT-2 read WebText: an end-of-text id, then each document
+    followed by one, which also stands for the byte that ends the document. Every document id is predicted."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise UserError(f"{tokenizer.name_or_path}: its tokenizer has no eos token to separate documents")
+    ids = [eos]
+    for i in tqdm(range(0, len(docs), batch), desc="tokenize", unit_scale=batch, mininterval=5):
+        for doc in tokenizer(docs[i: i + batch], add_special_tokens=False, verbose=False)["input_ids"]:
+            ids.extend(doc)
+            ids.append(eos)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def load_hf(name: str, device: torch.device):
+    """(model, tokenizer) of a hub id or a local folder; never runs code from the hub (no trust_remote_code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device)
+    except (OSError, ValueError) as exc:
+        where = "a local folder" if Path(name).exists() else "a hub id"
+        raise UserError(f"--hf {name} ({where}) could not be loaded: {str(exc).splitlines()[0]} -- a hub id needs "
+                        "the network once, or the model in the Hugging Face cache (HF_HOME)") from None
+    return model.eval(), tokenizer
+
+
+def context_of(model) -> int:
+    """The model's context length, from its config."""
+    for key in ("n_positions", "max_position_embeddings"):
+        if getattr(model.config, key, None):
+            return int(getattr(model.config, key))
+    raise UserError(f"{model.config.name_or_path}: its config names no context length (n_positions)")
+
+
+@torch.inference_mode()
+def hf_nll(model, ids: np.ndarray, context: int, stride: int, batch: int, device: torch.device, bf16: bool,
+           limit: int | None = None) -> tuple[float, int]:
+    """(sum of NLL in nats, scored predictions) of `model` over the stream, strided windows of `context` inputs."""
+    spans = [(start, min(context, len(ids) - 1 - start), scored)
+             for start, scored in strided_windows(len(ids), context, stride)[:limit]]
+    groups: list[list[tuple[int, int, int]]] = []  # runs of windows of one shape (all but the last two or so)
+    for span in spans:
+        if groups and len(groups[-1]) < batch and groups[-1][0][1:] == span[1:]:
+            groups[-1].append(span)
+        else:
+            groups.append([span])
+    total, count = 0.0, 0
+    for group in tqdm(groups, desc="evaluate", mininterval=5):
+        _, length, scored = group[0]
+        rows = torch.from_numpy(np.stack([ids[start: start + length + 1] for start, _, _ in group])).to(device)
+        with autocast(device, bf16):
+            logits = model(rows[:, :-1], logits_to_keep=scored).logits  # (B, scored, vocab)
+        targets = rows[:, -scored:]
+        total += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                                         reduction="sum"))
+        count += targets.numel()
+    return total, count
+
+
+def evaluate_hf(name: str, label: str, text: tuple[Path, int | None], params: EvaluateParams,
+                baseline: BaselineParams, device: torch.device, bf16: bool) -> dict:
+    """The report of a transformers causal LM on the test text: the keys of ours where they apply."""
+    source, shard_bytes = text
+    with open(source, encoding="utf-8") as fh:
+        docs = [" ".join(lines) for lines in text_documents(fh)]
+    n_bytes = sum(len(doc.encode("utf-8")) + 1 for doc in docs)  # + the byte each document's end stands for
+    if shard_bytes is not None and n_bytes != shard_bytes:
+        raise UserError(f"{source} holds {n_bytes:,} bytes but the manifest counted {shard_bytes:,}; the shards "
+                        "were changed after they were made: rebuild them")
+    model, tokenizer = load_hf(name, device)
+    ids = hf_stream(tokenizer, docs)
+    context = context_of(model)
+    stride = baseline.stride or context // 2
+    if not 0 < stride <= context:
+        raise UserError(f"--stride {stride} is more than {name}'s context of {context} tokens")
+    limit = params.max_batches * params.batch_eval if params.max_batches > 0 else None
+    started = time.perf_counter()
+    nll, count = hf_nll(model, ids, context, stride, params.batch_eval, device, bf16, limit)
+    seconds = time.perf_counter() - started
+    loss, whole = nll / count, limit is None
+    total = sum(p.numel() for p in model.parameters())
+    positions = getattr(model.base_model, "wpe", None)  # GPT-2's learned positions; rotary models have none
+    embedding = model.get_input_embeddings().weight.numel() + (positions.weight.numel() if positions else 0)
+    return {"model": label or Path(name).name, "hf": name, "revision": getattr(model.config, "_commit_hash", None),
+            "params": {"non_embedding": total - embedding, "total": total}, "seq_len": context, "stride": stride,
+            "vocab_size": len(tokenizer), "eval_tokens": count, "loss": loss, "perplexity": math.exp(loss),
+            "bits_per_token": loss / math.log(2), "bits_per_byte": nll / math.log(2) / n_bytes if whole else None,
+            "test_bytes": n_bytes if whole else None, "tokens_per_byte": count / n_bytes if whole else None,
+            "test_documents": len(docs), "train_tokens": None, "source": str(source), "device": str(device),
+            "precision": precision_name(bf16, device), "versions": versions(), "tokens_per_second": count / seconds}

@@ -4,9 +4,9 @@
 model.safetensors; `AutoTokenizer.from_pretrained(DIR)` loads the corpus's
 tokenizer as a fast tokenizer: the byte-level BPE with `<|endoftext|>` as its
 bos and eos token (GPT-2's convention; it decodes exactly what it encoded), or
-expanda's WordPiece with `<unk> <s> </s> <pad>`. The embedding keeps this
-project's padding to a multiple of 64 rows (HF's vocab_size is the padded
-size); ids past the real vocabulary are never produced by the tokenizer.
+expanda's WordPiece with `<unk> <s> </s> <pad>`. The embedding is cut back to
+the tokenizer's vocabulary: the rows our model pads it with (to a multiple of
+64) never learn, and transformers' softmax would spread probability over them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gpt2.vocab import BOS, ENDOFTEXT, EOS, PAD, UNK, is_bpe, load_tokenizer
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our parameter names and layouts -> GPT2LMHeadModel's (its Conv1D stores weights as in x out)."""
     ours = model.state_dict()
-    out = {"transformer.wte.weight": ours["wte.weight"], "transformer.wpe.weight": ours["wpe.weight"],
+    out = {"transformer.wte.weight": ours["wte.weight"][: model.cfg.vocab_size].contiguous(), "transformer.wpe.weight": ours["wpe.weight"],
            "transformer.ln_f.weight": ours["ln_f.weight"], "transformer.ln_f.bias": ours["ln_f.bias"]}
     names = {"ln1": "ln_1", "ln2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
              "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
@@ -51,7 +51,7 @@ def special_tokens(tokenizer) -> dict[str, str]:
 def hf_config(cfg: GPTConfig, token_ids: dict[str, int] | None = None) -> dict:
     """transformers' GPT2Config keywords for our shape (and the special `token_ids`, e.g. eos_token_id): the
     one mapping of our config onto theirs."""
-    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.padded_vocab,
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
             "n_positions": cfg.seq_len, "n_embd": cfg.dims, "n_layer": cfg.layers, "n_head": cfg.heads,
             "n_inner": cfg.mlp_ratio * cfg.dims, "activation_function": "gelu_new",  # tanh GELU, as ours
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
@@ -82,6 +82,13 @@ TOKENIZERS = {  # (name in the card, what it does) per kind
 }
 
 
+def _warmup(train: dict) -> str:
+    """The warmup of a saved train_config (warmup_steps before warmup_ratio replaced it)."""
+    if "warmup_ratio" in train:
+        return f"{round(train['warmup_ratio'] * train['steps'])} ({train['warmup_ratio']:g} of the steps)"
+    return str(train["warmup_steps"])
+
+
 def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: dict | None, kind: str) -> str:
     """README.md of the exported folder: architecture, data, training budget, evaluation, usage; `kind` is
     the tokenizer's (bpe or wordpiece)."""
@@ -101,7 +108,7 @@ def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: di
                   f"{dump['articles']:,} articles; files:", ""]
         lines += [f"- `{name}` (sha1 `{sums['sha1']}`)" for name, sums in dump["files"].items()] + [""]
     lines += ["## Training", "", f"{state['step']:,} steps, {state['tokens']:,} tokens "
-              f"({train['batch_tokens']:,} per step), AdamW lr {train['lr']:g} with {train['warmup_steps']} warmup "
+              f"({train['batch_tokens']:,} per step), AdamW lr {train['lr']:g} with {_warmup(train)} warmup "
               f"steps and cosine decay to {train['lr'] * train['min_lr_ratio']:g}, weight decay "
               f"{train['weight_decay']:g}, seed {train['seed']}; this is the {state.get('selected', 'final')} "
               "model of the run.", ""]
@@ -118,8 +125,8 @@ def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: di
               'model = GPT2LMHeadModel.from_pretrained("path/to/this/folder")',
               'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
               'generate = pipeline("text-generation", model="path/to/this/folder")', "```", "",
-              f"{tokenizer_text} The model's `vocab_size` in config.json is padded to a multiple of 64 (ids past "
-              "the real vocabulary are never produced).", ""]
+              f"{tokenizer_text} The model's `vocab_size` in config.json is the tokenizer's: its "
+              "next-token distribution covers exactly the tokenizer's tokens.", ""]
     return "\n".join(lines)
 
 

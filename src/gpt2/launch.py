@@ -1,4 +1,5 @@
-"""How a training job starts its processes; importing it stays torch-free, so Snakemake renders commands cheaply."""
+"""How a training job starts its processes and what it asks a scheduler for; importing it stays torch-free,
+so Snakemake renders commands and resources cheaply."""
 
 from __future__ import annotations
 
@@ -11,20 +12,93 @@ from gpt2 import UserError
 
 
 def launch_command(gpus: int, nodes: int, port: int = 29500) -> str:
-    """The shell prefix that runs `<prefix> train ...` on `nodes` x `gpus` processes.
+    """The shell prefix (a Snakemake shell template: `{threads}` is the rule's threads) that runs
+    `<prefix> train ...` on `nodes` x `gpus` processes.
 
     One process: plain python. One node: torchrun --standalone. Several nodes
-    (inside a SLURM allocation): srun starts one torchrun per node, which meet
-    at a c10d rendezvous on the allocation's first node.
+    (inside a SLURM allocation of one task per node, `job_layout`): srun starts
+    one task per node, one torchrun each, which meet at a c10d rendezvous on the
+    allocation's first node -- where the batch script, and so this command, runs:
+    its own hostname is what its torchrun recognises as the rendezvous host,
+    which then serves the store. The port follows the job id, so two jobs that
+    share a first node do not meet each other's.
+
+    srun states the step's whole shape (tasks; each task's CPUs, `{threads}` for each of
+    its processes; each node's GPUs): Snakemake's jobstep executor removes the
+    allocation's SLURM_NTASKS, SLURM_CPUS_PER_TASK and GPU variables before it runs
+    the rule's shell, so a bare srun would start one task on one CPU, and the other
+    nodes' torchruns would never come.
     """
     if nodes > 1:
-        return ('export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); '
-                f"srun --nodes {nodes} --ntasks-per-node 1 torchrun --nnodes {nodes} "
-                f"--nproc_per_node {max(gpus, 1)} --rdzv_backend c10d --rdzv_id $SLURM_JOB_ID "
-                f"--rdzv_endpoint $MASTER_ADDR:{port} -m gpt2")
+        per_node = max(gpus, 1)
+        gres = f" --gres=gpu:{gpus}" if gpus else ""
+        return ("export MASTER_ADDR=$(hostname); "
+                f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 "
+                f"--cpus-per-task $(({per_node} * {{threads}})){gres} "
+                f"--kill-on-bad-exit=1 torchrun --nnodes {nodes} --nproc_per_node {per_node} "
+                f"--rdzv_backend c10d --rdzv_id $SLURM_JOB_ID "
+                f"--rdzv_endpoint $MASTER_ADDR:$(({port} + SLURM_JOB_ID % 1000)) -m gpt2")
     if gpus > 1:
         return f"torchrun --standalone --nproc_per_node {gpus} -m gpt2"
     return "python -m gpt2"
+
+
+def job_layout(gpus: int, nodes: int) -> dict[str, int | str]:
+    """The train rule's resources that shape its SLURM job (snakemake-executor-plugin-slurm's names).
+
+    One node: `gpu` GPUs (sbatch --gpus, the job's total, here the node's), and the plugin runs the
+    rule's shell in one job step of its own. Several nodes: the plugin's multi-task route -- `mpi`
+    tells it that the rule's shell starts the job steps itself (no step of its own around it, in which
+    our srun would be a nested step asking for GPUs the outer one holds), one task per node (`tasks`
+    with `nodes`; tasks_per_gpu 0 keeps it from reading tasks as tasks per GPU), and each node's
+    GPUs as a per-node generic resource (--gres=gpu:G; --gpus=G would be G for the whole job).
+    """
+    if nodes == 1:
+        return {"gpu": gpus, "nodes": 1}
+    layout: dict[str, int | str] = {"nodes": nodes, "tasks": nodes, "tasks_per_gpu": 0, "mpi": "srun"}
+    if gpus:
+        layout["gres"] = f"gpu:{gpus}"
+    return layout
+
+
+# --- host memory a job needs, for the scheduler's mem_mb ---------------------------------------
+
+# A process's own host memory before any model: torch with CUDA's libraries and context, or CPU torch
+# (measured on this project's CPUs: docs/training.md, "Memory").
+PROCESS_MB = {"cuda": 3000, "cpu": 700}
+# Bytes per parameter: fp32 weights, and AdamW's two fp32 moments beside them.
+WEIGHT_BYTES, ADAMW_BYTES = 4, 8
+# Host copies of the training state that rank 0's checkpoint writer may hold at once (checkpoint.Writer).
+PENDING_CHECKPOINTS = 2
+
+
+def param_count(layers: int, dims: int, vocab_size: int, seq_len: int, mlp_ratio: int, pad_to: int = 64) -> int:
+    """Parameters of our GPT (model.GPT) of this shape: the padded token embedding, positions, blocks, final norm."""
+    padded = -(-vocab_size // pad_to) * pad_to
+    block = (4 + 2 * mlp_ratio) * dims * dims + (9 + mlp_ratio) * dims  # qkv, proj, fc, proj with biases; 2 norms
+    return (padded + seq_len) * dims + layers * block + 2 * dims
+
+
+def train_memory_mb(params: int, gpus: int) -> int:
+    """Host memory per node for training a model of `params` parameters, 10 % to spare.
+
+    Each process: its PROCESS_MB; on the CPU also its model, gradients and AdamW moments (on a GPU
+    those live on the device: the model is built there). Rank 0's node: the checkpoint writer's
+    pending host copies of weights and moments. A resume reads its checkpoint memory-mapped (shared
+    page cache, before any write is pending), so it adds nothing beyond that.
+    """
+    processes = max(gpus, 1)
+    per_process = PROCESS_MB["cuda" if gpus else "cpu"] * 2 ** 20
+    if not gpus:
+        per_process += params * (2 * WEIGHT_BYTES + ADAMW_BYTES)
+    writer = PENDING_CHECKPOINTS * params * (WEIGHT_BYTES + ADAMW_BYTES)
+    return int(1.1 * (processes * per_process + writer) / 2 ** 20) + 1
+
+
+def eval_memory_mb(params: int, gpu: bool) -> int:
+    """Host memory for evaluating a model of `params` parameters: the process and the loaded weights
+    (twice: the checkpoint's and the model's), 10 % to spare."""
+    return int(1.1 * (PROCESS_MB["cuda" if gpu else "cpu"] * 2 ** 20 + 2 * params * WEIGHT_BYTES) / 2 ** 20) + 1
 
 
 def require_gpus(gpus: int) -> None:

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 if TYPE_CHECKING:
     from gpt2.batches import Prefetcher
     from gpt2.run_state import TrainState
@@ -50,12 +52,31 @@ class MetricsLog:
 
 
 class Meter:
-    """Wall time, tokens, time spent waiting for batches and train losses from `start` on."""
+    """Wall time, tokens, time spent waiting for batches and train losses from `start` on.
+
+    Losses and gradient norms stay on the device until a row reads them (`loss`, `finite`): a step
+    that waited for its loss to reach the host would leave the GPU idle while the next one is queued.
+    """
 
     def __init__(self, state: TrainState, feed: Prefetcher, start: float | None = None):
         self.start = time.perf_counter() if start is None else start
         self.step, self.tokens, self.feed, self.waited = state.step, state.tokens, feed, feed.waited
-        self.losses: list[float] = []
+        self.steps, self.loss_sum, self.grad_norm, self.bad = 0, 0.0, None, None
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, norm_may_overflow: bool) -> None:
+        """One step's loss and gradient norm (device tensors); `norm_may_overflow`: fp16 loss scaling, which
+        skips the steps whose norm is not finite."""
+        bad = ~torch.isfinite(loss) if norm_may_overflow else ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        self.bad = bad if self.bad is None else self.bad | bad
+        self.loss_sum = self.loss_sum + loss.double()  # float64: the same sum as adding the losses on the host
+        self.steps, self.grad_norm = self.steps + 1, grad_norm
+
+    def finite(self) -> bool:
+        return self.bad is None or not bool(self.bad)
+
+    def loss(self) -> float:
+        """The mean train loss of the steps since `start`."""
+        return float(self.loss_sum) / self.steps
 
     def rate(self, state: TrainState, now: float) -> tuple[float, float]:
         """(tokens/s, share of the time spent waiting for batches) up to `now`."""

@@ -144,13 +144,40 @@ class GPT(nn.Module):
         embedding = self.wte.weight.numel() + self.wpe.weight.numel()
         return {"non_embedding": total - embedding, "total": total}
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past: KVCache | None = None,
-                reduction: str = "mean"):
-        """Logits over the real vocabulary; with `targets`, also the cross-entropy loss.
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past: KVCache | None = None):
+        """Logits over the real vocabulary; with `targets`, also the mean cross-entropy loss.
 
         With `past` (a KV cache), `idx` continues the cached sequence and the
         updated cache is returned as the third element.
         """
+        x, presents = self.hidden(idx, past)
+        logits = self.head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, loss, presents
+
+    def nll(self, idx: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 4096) -> torch.Tensor:
+        """Summed NLL in nats of `targets` (B, T) after `idx` (B, T), for evaluation.
+
+        The logits are made `chunk_tokens` positions at a time, so memory stays at chunk_tokens x vocab
+        floats whatever the batch: a batch of 32 x 1024 at GPT-2's vocabulary would be 6.6 GB of fp32
+        logits at once.
+        """
+        x, _ = self.hidden(idx)
+        x, targets = x.flatten(0, 1), targets.flatten()  # (B*T, D), (B*T,)
+        total = torch.zeros((), device=idx.device)
+        for lo in range(0, len(x), chunk_tokens):
+            logits = self.head(x[lo: lo + chunk_tokens])  # (chunk, V)
+            total += F.cross_entropy(logits.float(), targets[lo: lo + chunk_tokens], reduction="sum")
+        return total
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of hidden states (..., D): final norm, then the tied embedding, padding rows sliced."""
+        return F.linear(self.ln_f(x), self.wte.weight)[..., : self.cfg.vocab_size]
+
+    def hidden(self, idx: torch.Tensor, past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """The last block's output (B, T, D) for `idx` (B, T) (continuing `past`), and each layer's keys and values."""
         start = 0 if past is None else past[0][0].shape[2]
         t = idx.shape[1]
         if start + t > self.cfg.seq_len:
@@ -164,11 +191,7 @@ class GPT(nn.Module):
             else:
                 x, kv = block(x, None if past is None else past[i])
             presents.append(kv)
-        logits = F.linear(self.ln_f(x), self.wte.weight)[..., : self.cfg.vocab_size]  # tied output
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
-        return logits, loss, presents
+        return x, presents
 
     @torch.inference_mode()
     def generate(self, prompt: torch.Tensor, max_tokens: int, temperature: float = 1.0, top_k: int = 0,

@@ -184,7 +184,9 @@ class TrainParams(Hardware):
     batch_eval: int = param(16, "sequences per forward pass in the periodic evaluation", minimum=1)
     lr: float = param(0.0015, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
     min_lr_ratio: float = param(0.1, "cosine decay ends at lr x this", minimum=0, maximum=1, trajectory=True)
-    warmup_steps: int = param(5, "linear warmup steps", minimum=0, trajectory=True)
+    warmup_ratio: float = param(0.05, "linear warmup over this fraction of the steps (of an extension's added "
+                                      "steps), so it follows the run's length", minimum=0, below=1,
+                                trajectory=True)
     init_prior: bool = param(True, "start the untrained model at the train split's unigram distribution instead "
                                    "of uniform (saves the first ~100 steps on small budgets)", trajectory=True)
     weight_decay: float = param(0.1, "AdamW weight decay (not on norms, biases, embeddings)", minimum=0,
@@ -200,14 +202,19 @@ class TrainParams(Hardware):
     log_every: int = param(10, "a metrics.csv row every N steps", minimum=1)
     checkpoint_every: int = param(100, "checkpoint every N steps", minimum=1, aliases=("--save_steps",))
     keep_checkpoints: int = param(2, "newest checkpoints kept", minimum=1)
+    loader_threads: int = param(1, "threads that read the coming steps' batches from the shards (more on network "
+                                   "file systems: metrics.csv's data_wait says when the loop waits for them)",
+                                minimum=1, maximum=64)
     compile: Switch = param("auto", "torch.compile: auto = on for CUDA, off on CPU")
     grad_ckpt: bool = param(False, "activation checkpointing (saves memory, costs ~30% time)",
                             aliases=("--use_grad_ckpt=true",))
     gpus: int = param(0, "GPUs per node; > 1 launches torchrun DDP with one process per GPU", minimum=0,
                       maximum=1024)
-    nodes: int = param(1, "> 1 (SLURM): srun starts torchrun on each node, rendezvous on the first", minimum=1,
+    nodes: int = param(1, "> 1 (SLURM): one task per node, each a torchrun of `gpus` processes, rendezvous on "
+                          "the first node", minimum=1,
                        maximum=4096, where="config")
-    mem_mb: int = param(16000, "memory per job for schedulers (SLURM)", minimum=100, where="config")
+    mem_mb: int = param(0, "host memory per node for schedulers (SLURM), MB; 0: computed from the model's shape "
+                           "and the GPUs per node (docs/training.md, Memory)", minimum=0, where="config")
     runtime: int = param(60, "minutes per job for schedulers (SLURM)", minimum=1, where="config")
 
 
@@ -222,6 +229,17 @@ class EvaluateParams:
                             minimum=1, aliases=("--batch_size",))
     max_batches: int = param(0, "score only the first N batches (0 or less: the whole test split)",
                              aliases=("--total_steps",), where="cli")
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """Other causal LMs (transformers) scored on the same test articles, by bits per byte."""
+
+    models: list[str] = param([], "Hugging Face hub ids (gpt2, gpt2-medium; a hub id needs the network or a filled "
+                                  "HF cache) or local folders; each gives results/baseline_{name}.json, its name "
+                                  "the id's last part", where="config")
+    stride: int = param(0, "tokens between the starts of two scoring windows (0: half the model's context); "
+                           "each scored token sees at least context - stride tokens before it", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -260,7 +278,8 @@ class SampleParams:
 
 
 SECTIONS: dict[str, type] = {"dump": DumpParams, "corpus": CorpusParams, "shards": ShardsParams,
-                             "train": TrainParams, "evaluate": EvaluateParams, "report": ReportParams,
+                             "train": TrainParams, "evaluate": EvaluateParams, "baselines": BaselineParams,
+                             "report": ReportParams,
                              "downstream": DownstreamParams}
 
 # The reference GPT-2 repo's defaults, applied only with `--reference_defaults`.
@@ -385,8 +404,8 @@ def config_schema() -> dict:
               "default": {name: dataclasses.asdict(a) for name, a in MODELS.items()},
               "propertyNames": {"pattern": "^[A-Za-z0-9_-]+$"}, "additionalProperties": arch}
     props = {name: section_schema(cls) for name, cls in SECTIONS.items()}
-    props = {**{k: props[k] for k in ("dump", "corpus", "shards")}, "models": models,
-             **{k: props[k] for k in ("train", "evaluate", "downstream", "report")}}
+    first = ("dump", "corpus", "shards")  # then models, then the sections that use them
+    props = {**{k: props[k] for k in first}, "models": models, **{k: v for k, v in props.items() if k not in first}}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "description": "Configuration of the GPT-2-on-Wikipedia workflow, rendered from src/gpt2/params.py.",
             "type": "object", "additionalProperties": False, "properties": props}

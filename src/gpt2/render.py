@@ -21,7 +21,8 @@ RERUNS = {
     "corpus": "the corpus jobs that take it, and all after",
     "shards": "the shards and all after",
     "train": "`train` and all after",
-    "evaluate": "`evaluate` and all after",
+    "evaluate": "`evaluate`, `baseline` and all after",
+    "baselines": "`baseline` for the models added or changed, and the report's baselines table",
     "report": "the report's samples",
     "downstream": "`downstream` (and `build_tasks` for items)",
 }

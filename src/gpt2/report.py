@@ -111,6 +111,18 @@ def eval_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> 
     return _write_table(rows, csv, html, "Evaluation on the test split")
 
 
+def baselines_table(reports: list[str | Path], csv: str | Path, html: str | Path) -> pd.DataFrame:
+    """Our models (eval JSONs) beside the baselines (`evaluate --hf` JSONs) on the same test bytes."""
+    rows = []
+    for path in reports:
+        r = json.loads(Path(path).read_text())
+        rows.append({"model": r["model"], "source": r.get("hf", "ours"), "params (total)": r["params"]["total"],
+                     "train tokens": r["train_tokens"], "context": r["seq_len"], "stride": r.get("stride", r["seq_len"]),
+                     "test bytes": r["test_bytes"], "tokens/byte": r["eval_tokens"] / r["test_bytes"],
+                     "loss (nats per own token)": r["loss"], "bits/byte": r["bits_per_byte"]})
+    return _write_table(rows, csv, html, "Ours vs baselines: bits per byte on the same test articles")
+
+
 def corpus_table(manifest: str | Path, dump_info: str | Path, csv: str | Path, html: str | Path) -> pd.DataFrame:
     m, info = json.loads(Path(manifest).read_text()), json.loads(Path(dump_info).read_text())
     rows = [{"split": name, "articles in corpus": info["articles"], "language": info["lang"], "unit": m["unit"],
@@ -177,13 +189,15 @@ def write_samples(model_path: Path, vocab_path: Path, output: Path, params: Repo
 
 def write_table(kind: str, inputs: list[Path], csv: Path, html: Path) -> pd.DataFrame:
     """`python -m gpt2 table KIND`: evaluation (eval JSONs), corpus (manifest + dump sidecar), audit (audit.json),
-    downstream (downstream JSONs), runtime (TSVs)."""
+    downstream (downstream JSONs), baselines (eval and baseline JSONs), runtime (TSVs)."""
     if kind == "evaluation":
         return eval_table(inputs, csv, html)
     if kind == "audit":
         return audit_table(inputs[0], csv, html)
     if kind == "downstream":
         return downstream_table(inputs, csv, html)
+    if kind == "baselines":
+        return baselines_table(inputs, csv, html)
     if kind == "corpus":
         if len(inputs) != 2:
             raise UserError("table corpus takes --inputs MANIFEST DUMP_INFO")

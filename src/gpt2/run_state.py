@@ -32,11 +32,17 @@ def lr_factor(step: int, params: TrainParams, start: int = 0) -> float:
     starts from min_lr_ratio, where the finished run left off.
     """
     low = params.min_lr_ratio if start else 0.0
-    step -= start
-    if step < params.warmup_steps:
-        return low + (1 - low) * (step + 1) / params.warmup_steps
-    progress = (step - params.warmup_steps) / max(1, params.steps - start - params.warmup_steps)
+    step, span = step - start, params.steps - start
+    warmup = warmup_steps(params, span)
+    if step < warmup:
+        return low + (1 - low) * (step + 1) / warmup
+    progress = (step - warmup) / max(1, span - warmup)
     return params.min_lr_ratio + (1 - params.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def warmup_steps(params: TrainParams, span: int) -> int:
+    """Warmup steps of a schedule over `span` steps: warmup_ratio of them, rounded."""
+    return round(params.warmup_ratio * span)
 
 
 def param_groups(model: GPT, weight_decay: float) -> list[dict]:
@@ -147,10 +153,10 @@ def build_state(run: Run) -> TrainState:
     """A fresh model (seeded) with its AdamW, warmup-cosine schedule and loss scaler."""
     p, cuda = run.params, run.env.device.type == "cuda"
     torch.manual_seed(p.seed)
-    model = GPT(run.model_cfg)
+    with torch.device(run.env.device):  # built where it trains: no host copy of the weights per process
+        model = GPT(run.model_cfg)
     if p.init_prior:
         model.init_output_prior(torch.from_numpy(unigram_logprobs(run.batches.stream, run.model_cfg.vocab_size)))
-    model = model.to(run.env.device)
     model.grad_ckpt = p.grad_ckpt
     optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2),
                                   fused=cuda)

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import itertools
 import json
+import mmap
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ from gpt2.params import ShardsParams
 from gpt2.vocab import UNK, document_tokens, eos_id, load_tokenizer, load_vocab, special_ids
 
 DTYPE = np.dtype("<u2")
+COUNTS = "counts.npy"
 BATCH_DOCS = 1024
 
 
@@ -135,12 +137,14 @@ def shard_split(docs: Iterator[Document], vocab: dict[str, int], folder: Path, p
     folder.mkdir(parents=True)
     writer = ShardWriter(folder, prefix, shard_tokens)
     counts = collections.Counter()
+    token_counts = np.zeros(len(vocab), dtype=np.int64)  # how often each id occurs: the unigram model's data
     with contextlib.ExitStack() as stack:
         text_fh = stack.enter_context(open(text, "wb")) if text else None
         bar = stack.enter_context(tqdm(desc=prefix, unit=" docs", mininterval=2))
         while batch := list(itertools.islice(docs, BATCH_DOCS)):
             ids, missing = encode_documents(batch, vocab)
             writer.write(ids)
+            token_counts += np.bincount(ids, minlength=len(vocab))
             counts.update(documents=len(batch), lines=sum(len(lines) for lines, _ in batch), tokens=len(ids),
                           missing=missing, unk=int(np.count_nonzero(ids == vocab[UNK])) if UNK in vocab else 0,
                           bytes=sum(len(r.rstrip(b"\n")) + 1 for _, raw in batch for r in raw))
@@ -154,7 +158,15 @@ def shard_split(docs: Iterator[Document], vocab: dict[str, int], folder: Path, p
         shard["sha256"] = file_digest(folder.parent / shard["file"])
     return {"documents": counts["documents"], "lines": counts["lines"], "tokens": counts["tokens"],
             "bytes": counts["bytes"] if has_raw else None, "unk_tokens": counts["unk"],
-            "missing_from_vocab": counts["missing"], "shards": writer.shards}
+            "missing_from_vocab": counts["missing"], "shards": writer.shards,
+            "counts": save_counts(folder, prefix, token_counts)}
+
+
+def save_counts(folder: Path, split: str, counts: np.ndarray) -> str:
+    """`folder`/counts.npy: each id's count in the split, so training and evaluation never re-read the
+    split to count it (a whole wiki's train split is billions of ids); returns its name in the manifest."""
+    np.save(folder / COUNTS, counts.astype("<i8"), allow_pickle=False)
+    return f"{split}/{COUNTS}"
 
 
 def make_shards(vocab_path: Path, train_corpus: Path, valid_corpus: Path, test_corpus: Path,
@@ -282,7 +294,7 @@ def text_stream(text: Path, vocab_path: Path) -> tuple[TokenStream, int]:
     ids: list[int] = []
     n_bytes = 0
     with open(text, encoding="utf-8") as fh:
-        for doc in _text_documents(fh):
+        for doc in text_documents(fh):
             ids.extend(vocab[t] for tokens in document_tokens(tokenizer, doc) for t in tokens)
             ids.append(end)
             n_bytes += sum(len(line.encode("utf-8")) + 1 for line in doc)
@@ -291,7 +303,7 @@ def text_stream(text: Path, vocab_path: Path) -> tuple[TokenStream, int]:
     return TokenStream.of(np.asarray(ids, dtype=DTYPE), tokenizer.get_vocab_size()), n_bytes
 
 
-def _text_documents(fh: IO[str]) -> Iterator[list[str]]:
+def text_documents(fh: IO[str]) -> Iterator[list[str]]:
     """The documents of a text file: runs of non-blank lines (without their newlines)."""
     doc: list[str] = []
     for line in fh:
@@ -310,9 +322,28 @@ class TokenStream:
     def __init__(self, manifest_path: str | os.PathLike, split: str):
         manifest_path = Path(manifest_path)
         self.manifest = json.loads(manifest_path.read_text())
-        shards = self.manifest["splits"][split]["shards"]
-        self.parts = [np.memmap(manifest_path.parent / s["file"], dtype=DTYPE, mode="r") for s in shards]
+        entry = self.manifest["splits"][split]
+        self.parts = [np.memmap(manifest_path.parent / s["file"], dtype=DTYPE, mode="r") for s in entry["shards"]]
         self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self._counts = manifest_path.parent / entry["counts"] if "counts" in entry else None
+
+    def counts(self) -> np.ndarray:
+        """How often each id of the vocabulary occurs in the stream: read from the shards' counts.npy (shards
+        made before it existed, and streams in memory, are counted here, shard by shard)."""
+        vocab_size = self.manifest["vocab_size"]
+        if self._counts is not None:
+            return np.load(self._counts, allow_pickle=False)
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for part in self.parts:
+            counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
+        return counts
+
+    def random_access(self) -> None:
+        """Tell the kernel that reads will jump around (training batches): no read-ahead of whole runs of
+        pages, which on a network file system turns each 2 KB window into megabytes fetched."""
+        for part in self.parts:
+            if getattr(part, "_mmap", None) is not None:  # (a stream in memory has no pages to advise on)
+                part._mmap.madvise(mmap.MADV_RANDOM)
 
     @classmethod
     def of(cls, ids: np.ndarray, vocab_size: int) -> TokenStream:
@@ -320,6 +351,7 @@ class TokenStream:
         stream = cls.__new__(cls)
         stream.manifest, stream.parts = {"vocab_size": vocab_size}, [ids]
         stream.starts = np.cumsum([0, len(ids)])
+        stream._counts = None
         return stream
 
     def __len__(self) -> int:
@@ -379,17 +411,21 @@ def gather_shards(bucket_dirs: list[Path], vocab_path: Path, train_corpus: Path,
         for name in SPLITS:
             (staging / name).mkdir()
         seconds = 0.0  # the buckets' sharding time, so tokens_per_second is a sharding job's rate
+        vocab_size = len(load_vocab(vocab_path))
+        counts = {name: np.zeros(vocab_size, dtype=np.int64) for name in SPLITS}
         with open(staging / "test" / "text.txt", "wb") as text:
             for bucket in map(Path, bucket_dirs):
                 done = json.loads((bucket / "splits.json").read_text())
                 seconds += done["seconds"]
                 for name, part in done["splits"].items():
                     _merge_split(splits[name], part, bucket, staging, name)
+                    counts[name] += np.load(bucket / part["counts"], allow_pickle=False)
                     if name == "test":
                         text.write((bucket / "test" / "text.txt").read_bytes())
         for name, split in splits.items():
             if split["tokens"] == 0:
                 raise UserError(f"the {name} split is empty in every bucket; check the corpus stage's logs")
+            split["counts"] = save_counts(staging / name, name, counts[name])
         manifest = write_manifest(staging, splits, vocab_path, corpora, "article", params,
                                   seconds + time.perf_counter() - started)
     return manifest

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -57,8 +56,10 @@ def micro_slices(run: Run) -> list[slice]:
                                                       for m in range(run.accum))]
 
 
-def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tensor]) -> tuple[float, float, float]:
-    """One optimizer step over this process's micro-batches: (mean loss, gradient norm, lr used)."""
+def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimizer step over this process's micro-batches: (mean loss, gradient norm) as device tensors,
+    which nothing reads before a log step (as in nanoGPT), and the lr used."""
     env, p = run.env, run.params
     loss_sum = torch.zeros((), device=env.device)
     for micro, host in enumerate(micro_batches):
@@ -69,12 +70,8 @@ def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tenso
         state.scaler.scale(loss / run.accum).backward()
         loss_sum += loss.detach() / run.accum
     state.scaler.unscale_(state.optimizer)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), p.grad_clip))
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), p.grad_clip)
     train_loss = all_mean(loss_sum, env)
-    # fp16 overflows give an infinite norm that the scaler handles by skipping the step.
-    if not math.isfinite(train_loss) or not (math.isfinite(grad_norm) or state.scaler.is_enabled()):
-        raise UserError(f"non-finite loss ({train_loss}) at step {state.step + 1}; the last good checkpoint in "
-                        f"{run.outputs.checkpoints} is kept -- lower train.lr or check the data")
     lr = state.optimizer.param_groups[0]["lr"]
     state.scaler.step(state.optimizer)
     state.scaler.update()
@@ -84,19 +81,30 @@ def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tenso
     return train_loss, grad_norm, lr
 
 
+def check_finite(run: Run, state: TrainState, meter: Meter) -> None:
+    """Stop on a non-finite loss or gradient norm since the meter's start (read here, on log and checkpoint
+    steps, so that no checkpoint holds the damage)."""
+    if not meter.finite():
+        raise UserError(f"non-finite loss or gradient norm in steps {meter.step + 1}-{state.step}; the last good "
+                        f"checkpoint in {run.outputs.checkpoints} is kept -- lower train.lr or check the data")
+
+
 def mfu(run: Run, state: TrainState, tokens_per_second: float) -> float | None:
-    """Model FLOPs utilisation: tokens/s x (6N + 12LDT) over the device's peak (None when it is unknown)."""
-    return None if run.peak_flops is None else tokens_per_second * state.model.flops_per_token() / run.peak_flops
+    """Model FLOPs utilisation per device: the run's tokens/s x (6N + 12LDT), shared by its processes (one
+    device each), over one device's peak (None when the peak is unknown)."""
+    if run.peak_flops is None:
+        return None
+    return tokens_per_second / run.env.world * state.model.flops_per_token() / run.peak_flops
 
 
-def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lr: float, grad_norm: float,
+def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lr: float,
                 writer: checkpoint.Writer) -> dict:
     """A metrics.csv row for the steps since the last one; the held-out loss too when it is due."""
     p = run.params
     rate, waiting = meter.rate(state, now)
     utilisation = mfu(run, state, rate)
-    row = {"step": state.step, "tokens": state.tokens, "train_loss": f"{sum(meter.losses) / len(meter.losses):.6f}",
-           "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.4f}", "tokens_per_second": f"{rate:.1f}",
+    row = {"step": state.step, "tokens": state.tokens, "train_loss": f"{meter.loss():.6f}",
+           "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{float(meter.grad_norm):.4f}", "tokens_per_second": f"{rate:.1f}",
            "mfu": "" if utilisation is None else f"{utilisation:.4f}", "data_wait": f"{waiting:.4f}"}
     if run.env.main and (state.step % p.eval_every == 0 or state.step == p.steps):
         nll, count = stream_nll(state.model, run.valid, run.model_cfg.seq_len, p.batch_eval, run.env.device,
@@ -185,7 +193,7 @@ def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPa
 
     p = run.params
     gpu = torch.cuda.current_device() if env.device.type == "cuda" else None  # init_distributed set it
-    feed = Prefetcher(run.batches, micro_slices(run), state.step, p.steps, gpu)
+    feed = Prefetcher(run.batches, micro_slices(run), state.step, p.steps, gpu, readers=p.loader_threads)
     writer = checkpoint.Writer()  # checkpoints are written while training goes on
     interval, loop = Meter(state, feed), None  # this metrics row's; the whole loop's after its first step
     bar = tqdm(total=p.steps, initial=state.step, desc="train", unit="step", mininterval=5, disable=not env.main)
@@ -193,17 +201,21 @@ def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPa
         while state.step < p.steps:
             writer.check()  # a failed checkpoint write stops the run here, not after the last step
             loss, grad_norm, lr = train_step(run, net, state, feed.next())
-            interval.losses.append(loss)
+            interval.add(loss, grad_norm, state.scaler.is_enabled())
             bar.update(1)
             last = state.step == p.steps
-            if state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last:
+            logs = state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last
+            saves = state.step % p.checkpoint_every == 0 or last
+            if logs or saves:
+                check_finite(run, state, interval)
+            if logs:
                 now = time.perf_counter()  # the evaluation below counts towards the next row's time
-                row = metrics_row(run, state, interval, now, lr, grad_norm, writer)
+                row = metrics_row(run, state, interval, now, lr, writer)
                 if env.main:
                     metrics.append(row)
                     bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
                 interval = Meter(state, feed, start=now)
-            if state.step % p.checkpoint_every == 0 or last:
+            if saves:
                 save_checkpoint(run, state, writer)
             if on_step is not None:
                 on_step(state.step)
