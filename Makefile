@@ -31,7 +31,7 @@ report: setup
 	$(SMK) --cores $(CORES) report_all
 	$(SMK) --report results/report.html report_all
 
-# Throughput against named peers; tables on stdout, JSON in results/bench/ (docs/performance.md).
+# Throughput and quality per token against named peers; tables on stdout, JSON in results/bench/ (docs/performance.md).
 bench: setup
 	$(SMK) --cores $(CORES) results/corpus/vocab.txt
 	$(PY) benchmarks/bench_train.py
@@ -39,6 +39,8 @@ bench: setup
 	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_extract.py
+	$(SMK) --cores $(CORES) results/shards/manifest.json
+	$(PY) benchmarks/bench_quality.py
 
 # Training curves of every model under results/train/ (train/valid loss, lr, tokens/s, grad norm, MFU).
 tensorboard: setup

@@ -55,3 +55,13 @@ def test_alternate_reports_median_and_range():
     assert calls == ["a", "b"] * 6  # one warm-up round, then five interleaved timed rounds
     assert set(result) == {"a", "b"} and len(result["a"]["runs"]) == 5
     assert result["a"]["min"] <= result["a"]["median"] <= result["a"]["max"]
+
+
+def test_the_quality_curve_interpolates_tokens_and_seconds_to_a_loss():
+    from bench_quality import Curve
+
+    curve = Curve()
+    curve.points = [(100, 1.0, 5.0), (200, 2.0, 3.0), (300, 3.0, 2.5)]
+    assert curve.first_reaching(6.0) == (100.0, 1.0) and curve.first_reaching(4.0) == (150.0, 1.5)
+    assert curve.first_reaching(2.0) is None
+    assert curve.loss_at_seconds(2.5) == 3.0 and curve.loss_at_seconds(0.5) == float("inf")

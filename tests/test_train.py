@@ -30,7 +30,8 @@ from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
 import gpt2.train
 from gpt2.batches import Batches, Prefetcher
-from gpt2.run_state import Outputs, lr_factor, param_groups, warmup_steps
+from gpt2.optim import build_optimizer, lr_factor, param_groups, warmup_steps
+from gpt2.run_state import Outputs
 from gpt2.train import model_config, train
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
@@ -86,6 +87,32 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    cfg = TrainParams(steps=100, warmup_ratio=0.1, decay_ratio=0.2, min_lr_ratio=0.1, schedule="wsd")
+    factors = [lr_factor(s, cfg) for s in range(101)]
+    assert factors[9:81] == [1.0] * 72
+    drops = [a - b for a, b in zip(factors[80:], factors[81:])]
+    assert drops == pytest.approx([0.9 / 20] * 20) and factors[100] == pytest.approx(0.1)
+
+
+def test_muon_orthogonalises_q_k_and_v_as_three_matrices():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=2, dims=32, mlp_ratio=4, dropout=0.0))
+    opt = build_optimizer(model, TrainParams(optimizer="muon", muon_momentum=0.0, muon_weight_decay=0.0), fused=False)
+    qkv = model.blocks[0].attn.qkv.weight  # (3D, D): q, k, v rows
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    qkv.grad[:32] *= 100  # q's gradient dwarfs k's and v's: one fused orthogonalisation would drown them
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    for block in (qkv.detach() - before["blocks.0.attn.qkv.weight"]).chunk(3):
+        s = torch.linalg.svdvals(block.float()) / 0.02  # Newton-Schulz: singular values near 1, not exactly
+        assert 0.3 < s.min() and s.max() < 1.7
+    fc = model.blocks[0].mlp.fc.weight.detach() - before["blocks.0.mlp.fc.weight"]  # (4D, D): lr x sqrt(4)
+    assert 0.3 < (torch.linalg.svdvals(fc) / 0.04).min() and (torch.linalg.svdvals(fc) / 0.04).max() < 1.7
+    assert not torch.equal(model.wte.weight, before["wte.weight"])  # AdamW steps the rest
 
 
 def test_the_warmup_follows_the_runs_length():
@@ -321,7 +348,8 @@ def test_training_beats_the_unigram_baseline(tiny_run):
     rows = _rows(tiny_run / "results/train/tiny/metrics.csv")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.5  # from the unigram start (init_prior)
     assert [c for c in rows[0]] == ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second",
-                                    "grad_norm", "mfu", "data_wait"]
+                                    "grad_norm", "mfu", "data_wait", "optimizer", "schedule"]
+    assert {(r["optimizer"], r["schedule"]) for r in rows} == {("adamw", "cosine")}
     assert all(0 < float(r["mfu"]) < 1 and 0 <= float(r["data_wait"]) < 1 for r in rows)
     log = (tiny_run / "results/logs/train/tiny.log").read_text()
     assert "train: 100%" in log  # tqdm progress in the log
@@ -344,11 +372,15 @@ def test_periodic_evaluation_reads_the_validation_split(tiny_run):
     assert float(last["eval_loss"]) == pytest.approx(valid, rel=1e-5) and abs(valid - test) > 1e-3
 
 
+MUON_WSD = ("--optimizer", "muon", "--schedule", "wsd")
+
+
 @pytest.mark.reliability
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path):
+@pytest.mark.parametrize("recipe", [(), MUON_WSD], ids=["adamw", "muon"])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path, recipe):
     manifest = tiny_run / "results/shards/manifest.json"
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    dropout = ("--dropout", "0.1")  # resume must restore the RNG that draws dropout masks
+    dropout = ("--dropout", "0.1", *recipe)  # resume must restore the RNG that draws dropout masks
     subprocess.run(_train_cmd(manifest, straight, *dropout), check=True, env=_env(), capture_output=True)
     proc = subprocess.Popen(_train_cmd(manifest, crashed, *dropout), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -383,11 +415,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun_commands(layout: str, manifest: Path, out: Path) -> list[list[str]]:
+def _torchrun_commands(layout: str, manifest: Path, out: Path, *extra: str) -> list[list[str]]:
     """Two gloo processes: one `--standalone` torchrun, or two torchrun "nodes" (one process each) that meet
     at a c10d rendezvous on 127.0.0.1, as `srun ... torchrun --nnodes 2` starts them on a SLURM allocation."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    train = ["-m", "gpt2", "train", "--eval_corpus", str(manifest), *_outputs(out), *TINY_ARCH, *RUN, "--amp", "off"]
+    train = ["-m", "gpt2", "train", "--eval_corpus", str(manifest), *_outputs(out), *TINY_ARCH, *RUN, "--amp", "off",
+             *extra]
     if layout == "one node":
         return [[torchrun, "--standalone", "--nproc_per_node", "2", *train]]
     rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_id", "test",
@@ -395,13 +428,14 @@ def _torchrun_commands(layout: str, manifest: Path, out: Path) -> list[list[str]
     return [[torchrun, *rendezvous, *train] for _node in range(2)]
 
 
-@pytest.mark.parametrize("layout", ["one node", "two nodes"])
-def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_path, layout):
+@pytest.mark.parametrize(("layout", "recipe"), [("one node", ()), ("two nodes", MUON_WSD)],
+                         ids=["one node, adamw", "two nodes, muon"])
+def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_path, layout, recipe):
     manifest = tiny_run / "results/shards/manifest.json"
     single = tmp_path / "single"
-    subprocess.run(_train_cmd(manifest, single, "--amp", "off"), check=True, env=_env(), capture_output=True)
+    subprocess.run(_train_cmd(manifest, single, "--amp", "off", *recipe), check=True, env=_env(), capture_output=True)
     procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for cmd in _torchrun_commands(layout, manifest, tmp_path / "ddp")]
+             for cmd in _torchrun_commands(layout, manifest, tmp_path / "ddp", *recipe)]
     for proc in procs:
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-3000:]

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 # tokens_per_second, mfu and data_wait are over the wall time since the previous row: evaluation,
 # checkpoints and data loading included. data_wait is the share of it spent waiting for batches.
-METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm", "mfu", "data_wait"]
+# lr is train.lr's (AdamW's) at the step; optimizer and schedule name the run's recipe on every row.
+METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm", "mfu", "data_wait",
+           "optimizer", "schedule"]
 
 
 class MetricsLog:
@@ -24,10 +26,10 @@ class MetricsLog:
     SCALARS = {"train_loss": "loss/train", "eval_loss": "loss/valid", "lr": "lr", "tokens_per_second": "tokens_per_s",
                "grad_norm": "grad_norm", "mfu": "mfu", "data_wait": "data_wait"}
 
-    def __init__(self, path: Path, tensorboard: Path, resume_step: int):
+    def __init__(self, path: Path, tensorboard: Path, resume_step: int, recipe: dict[str, str]):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.path = path
+        self.path, self.recipe = path, recipe
         rows = []
         if resume_step and path.exists():
             with open(path, newline="") as fh:
@@ -38,10 +40,11 @@ class MetricsLog:
             writer.writerows(rows)
         # purge_step drops the events a crashed or extended run wrote after its checkpoint.
         self.board = SummaryWriter(str(tensorboard), purge_step=resume_step + 1 if resume_step else None)
+        self.board.add_text("recipe", ", ".join(f"{k} {v}" for k, v in recipe.items()), resume_step)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, METRICS).writerow(row)
+            csv.DictWriter(fh, METRICS).writerow(row | self.recipe)
         for key, tag in self.SCALARS.items():
             if row[key] != "":
                 self.board.add_scalar(tag, float(row[key]), row["step"])

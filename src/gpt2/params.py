@@ -183,14 +183,28 @@ class TrainParams(Hardware):
                              aliases=("--batch_train",))
     batch_eval: int = param(16, "sequences per forward pass in the periodic evaluation", minimum=1)
     lr: float = param(0.0015, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
-    min_lr_ratio: float = param(0.1, "cosine decay ends at lr x this", minimum=0, maximum=1, trajectory=True)
+    min_lr_ratio: float = param(0.1, "the schedule's decay ends at lr x this (muon_lr x this)", minimum=0,
+                                maximum=1, trajectory=True)
+    schedule: Literal["cosine", "wsd"] = param("cosine", "after warmup: cosine decay, or wsd (warmup-stable-decay: "
+                                                         "the peak lr, then a linear decay over decay_ratio of the "
+                                                         "steps)", trajectory=True)
+    decay_ratio: float = param(0.3, "wsd: the final fraction of the steps that decays linearly", above=0,
+                               maximum=1, trajectory=True)
+    optimizer: Literal["adamw", "muon"] = param("adamw", "adamw on every parameter (GPT-2), or muon on the blocks' "
+                                                         "2-D weights (q, k, v apart) with adamw at lr on the rest",
+                                                trajectory=True)
+    muon_lr: float = param(0.02, "muon: peak learning rate of the blocks' 2-D weights", above=0, trajectory=True)
+    muon_momentum: float = param(0.95, "muon: momentum (Nesterov)", minimum=0, below=1, trajectory=True)
+    muon_weight_decay: float = param(0.0, "muon: decoupled weight decay of the blocks' 2-D weights", minimum=0,
+                                     trajectory=True)
     warmup_ratio: float = param(0.05, "linear warmup over this fraction of the steps (of an extension's added "
                                       "steps), so it follows the run's length", minimum=0, below=1,
                                 trajectory=True)
     init_prior: bool = param(True, "start the untrained model at the train split's unigram distribution instead "
                                    "of uniform (saves the first ~100 steps on small budgets)", trajectory=True)
-    weight_decay: float = param(0.1, "AdamW weight decay (not on norms, biases, embeddings)", minimum=0,
-                                aliases=("--wd_rate",), trajectory=True)
+    weight_decay: float = param(0.1, "adamw: weight decay of the blocks' 2-D weights (norms, biases and "
+                                     "embeddings are not decayed)", minimum=0, aliases=("--wd_rate",),
+                                trajectory=True)
     beta1: float = param(0.9, "AdamW beta1", minimum=0, below=1, trajectory=True)
     beta2: float = param(0.95, "AdamW beta2", minimum=0, below=1, trajectory=True)
     grad_clip: float = param(1.0, "clip the global gradient norm to this", above=0, trajectory=True)

@@ -78,7 +78,8 @@ def plot_training(metrics: Path, loss: Path, lr: Path, speed: Path, model: str) 
     """The loss (four views), learning-rate and throughput figures of one run's metrics.csv."""
     df = read_metrics(metrics)
     save(loss_figure(df, f"{model}: training and held-out loss"), loss)
-    save(series_figure(df, "lr", "learning rate", f"{model}: learning-rate schedule"), lr)
+    recipe = f" ({df['optimizer'].iloc[-1]}, {df['schedule'].iloc[-1]})" if "schedule" in df else ""
+    save(series_figure(df, "lr", "learning rate", f"{model}: learning-rate schedule{recipe}"), lr)
     save(series_figure(df, "tokens_per_second", "tokens / s", f"{model}: training throughput"), speed)
 
 

@@ -3,7 +3,7 @@
 A checkpoint continues only the run that wrote it (the same trajectory settings and model shape);
 raising `steps` on a finished run extends it: training continues from its last checkpoint, and the
 added steps get a schedule of their own -- warmup from the min_lr the run ended at back to the peak
-lr, then cosine decay to min_lr at the new last step (a warm restart).
+lr, then the schedule's decay to min_lr at the new last step (a warm restart).
 """
 
 from __future__ import annotations
@@ -21,36 +21,9 @@ from gpt2.device import half_dtype, peak_flops, use_bf16
 from gpt2.distributed import Dist, restore_rng, rng_states
 from gpt2.evaluate import unigram_logprobs
 from gpt2.model import GPT, GPTConfig
+from gpt2.optim import build_optimizer, lr_factor
 from gpt2.params import TrainParams, accumulation, trajectory_keys
 from gpt2.shards import TokenStream, check_vocab
-
-
-def lr_factor(step: int, params: TrainParams, start: int = 0) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at the last step.
-
-    `start` > 0 is where an extended run's added steps begin: their warmup
-    starts from min_lr_ratio, where the finished run left off.
-    """
-    low = params.min_lr_ratio if start else 0.0
-    step, span = step - start, params.steps - start
-    warmup = warmup_steps(params, span)
-    if step < warmup:
-        return low + (1 - low) * (step + 1) / warmup
-    progress = (step - warmup) / max(1, span - warmup)
-    return params.min_lr_ratio + (1 - params.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def warmup_steps(params: TrainParams, span: int) -> int:
-    """Warmup steps of a schedule over `span` steps: warmup_ratio of them, rounded."""
-    return round(params.warmup_ratio * span)
-
-
-def param_groups(model: GPT, weight_decay: float) -> list[dict]:
-    """Decay matrices of linear layers only; norms, biases and embeddings are left alone."""
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() == 2 and not name.startswith(("wte", "wpe")) else plain).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
 @dataclass(frozen=True)
@@ -150,7 +123,7 @@ def data_budget(run: Run, params_count: int) -> str:
 
 
 def build_state(run: Run) -> TrainState:
-    """A fresh model (seeded) with its AdamW, warmup-cosine schedule and loss scaler."""
+    """A fresh model (seeded) with its optimizer, lr schedule and loss scaler."""
     p, cuda = run.params, run.env.device.type == "cuda"
     torch.manual_seed(p.seed)
     with torch.device(run.env.device):  # built where it trains: no host copy of the weights per process
@@ -158,8 +131,7 @@ def build_state(run: Run) -> TrainState:
     if p.init_prior:
         model.init_output_prior(torch.from_numpy(unigram_logprobs(run.batches.stream, run.model_cfg.vocab_size)))
     model.grad_ckpt = p.grad_ckpt
-    optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2),
-                                  fused=cuda)
+    optimizer = build_optimizer(model, p, fused=cuda)
     # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through.
     fp16 = run.bf16 and half_dtype(run.env.device) == torch.float16
     state = TrainState(model, optimizer, None, torch.amp.GradScaler(run.env.device.type, enabled=fp16))
@@ -179,7 +151,7 @@ def resume(run: Run, state: TrainState, resume_from: Path | None, init_from: Pat
             for group, base in zip(state.optimizer.param_groups, state.scheduler.base_lrs):
                 group["lr"] = base * lr_factor(state.step, run.params, state.schedule_start)
             print(f"extending the finished {saved['step']}-step run to {run.params.steps} steps: warmup from "
-                  f"min_lr back to lr, then cosine to min_lr", file=sys.stderr)
+                  f"min_lr back to lr, then {run.params.schedule} to min_lr", file=sys.stderr)
         return
     if init_from is not None:
         pretrained, _ = checkpoint.load_model(init_from, torch.device("cpu"), "--from_pretrained")

@@ -72,7 +72,7 @@ def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tenso
     state.scaler.unscale_(state.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), p.grad_clip)
     train_loss = all_mean(loss_sum, env)
-    lr = state.optimizer.param_groups[0]["lr"]
+    lr = state.optimizer.param_groups[-1]["lr"]  # train.lr's group (AdamW's; with muon, muon_lr's comes first)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
@@ -188,7 +188,8 @@ def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPa
     net = compiled(run, state.model)
     metrics = None
     if env.main:
-        metrics = MetricsLog(outputs.checkpoints / "metrics.csv", outputs.tensorboard, state.step)
+        metrics = MetricsLog(outputs.checkpoints / "metrics.csv", outputs.tensorboard, state.step,
+                             {"optimizer": params.optimizer, "schedule": params.schedule})
         print(data_budget(run, state.model.num_params()["total"]), file=sys.stderr)
 
     p = run.params
