@@ -93,7 +93,7 @@ def valid_loss(model, valid: TokenStream, p: TrainParams, bf16: bool, limit: int
     return nll / count
 
 
-def run_ours(manifest: Path, cfg: GPTConfig, p: TrainParams, args, workdir: Path) -> tuple[Curve, object]:
+def run_ours(manifest: Path, cfg: GPTConfig, p: TrainParams, workdir: Path) -> tuple[Curve, object]:
     """The workflow's loop; the curve's points are its own periodic evaluations (metrics.csv), timed per step."""
     seconds: dict[int, float] = {}
     start = time.perf_counter()
@@ -108,7 +108,7 @@ def run_ours(manifest: Path, cfg: GPTConfig, p: TrainParams, args, workdir: Path
     return curve, model
 
 
-def run_peer(manifest: Path, cfg: GPTConfig, p: TrainParams, args) -> tuple[Curve, Scored]:
+def run_peer(manifest: Path, cfg: GPTConfig, p: TrainParams) -> tuple[Curve, Scored]:
     """The classic recipe on transformers' GPT-2, the same batches and evaluations as ours."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -142,11 +142,11 @@ def run_peer(manifest: Path, cfg: GPTConfig, p: TrainParams, args) -> tuple[Curv
     return curve, model
 
 
-def run_one(name: str, manifest: Path, arch: Architecture, base: TrainParams, seed: int, args) -> dict:
+def run_one(name: str, manifest: Path, arch: Architecture, base: TrainParams, seed: int) -> dict:
     p = replace(base, seed=seed, **VARIANTS.get(name, {}))
     cfg = model_config(manifest, arch, p)
     with tempfile.TemporaryDirectory() as tmp:
-        curve, model = run_peer(manifest, cfg, p, args) if name == PEER else run_ours(manifest, cfg, p, args, Path(tmp))
+        curve, model = run_peer(manifest, cfg, p) if name == PEER else run_ours(manifest, cfg, p, Path(tmp))
     test = TokenStream(manifest, "test")
     bf16 = use_bf16(p.amp, torch.device("cpu"))
     scored = evaluate(model, test, None, test.manifest["splits"]["test"]["bytes"], p.batch_eval,
@@ -198,7 +198,7 @@ def main() -> None:
                    eval_tokens=args.valid_tokens, checkpoint_every=args.steps, log_every=max(1, args.steps // args.evals),
                    threads=args.threads)
     names = [PEER, *args.variants]
-    runs = {name: [run_one(name, args.shards, SHAPES[args.shape], base, defaults.seed + s, args)
+    runs = {name: [run_one(name, args.shards, SHAPES[args.shape], base, defaults.seed + s)
                    for s in range(args.seeds)] for name in names}
     budget = args.steps * args.batch_tokens
     rows = [summarise(name, runs[name], runs[PEER], budget,
