@@ -28,10 +28,11 @@ from gpt2.device import use_bf16
 from gpt2.cli import build_parser, settings_from
 from gpt2.evaluate import stream_nll
 from gpt2.params import Architecture, TrainParams
+import gpt2.device
 import gpt2.train
 from gpt2.batches import Batches, Prefetcher
 from gpt2.optim import build_optimizer, lr_factor, param_groups, warmup_steps
-from gpt2.run_state import Outputs
+from gpt2.run_state import Outputs, build_state
 from gpt2.train import model_config, train
 
 TINY_ARCH = ["--layers", "2", "--heads", "2", "--dims", "64", "--seq_len", "64"]
@@ -97,22 +98,53 @@ def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
     assert drops == pytest.approx([0.9 / 20] * 20) and factors[100] == pytest.approx(0.1)
 
 
-def test_muon_orthogonalises_q_k_and_v_as_three_matrices():
+ONE_LAYER = GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=2, dims=32, mlp_ratio=4, dropout=0.0)
+
+
+def _muon_step(bf16: bool, steps: int = 1, momentum: float = 0.0) -> tuple[GPT, dict[str, torch.Tensor]]:
+    """A 1-layer model after `steps` Muon steps on seeded random gradients, and its weights before them."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=2, dims=32, mlp_ratio=4, dropout=0.0))
-    opt = build_optimizer(model, TrainParams(optimizer="muon", muon_momentum=0.0, muon_weight_decay=0.0), fused=False)
-    qkv = model.blocks[0].attn.qkv.weight  # (3D, D): q, k, v rows
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    qkv.grad[:32] *= 100  # q's gradient dwarfs k's and v's: one fused orthogonalisation would drown them
+    model = GPT(ONE_LAYER)
+    opt = build_optimizer(model, TrainParams(optimizer="muon", muon_momentum=momentum, muon_weight_decay=0.1),
+                          fused=False, bf16=bf16)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt.step()
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        model.blocks[0].attn.qkv.weight.grad[:32] *= 100  # q's gradient dwarfs k's and v's
+        opt.step()
+    return model, before
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp32"])
+def test_muon_orthogonalises_q_k_and_v_as_three_matrices(bf16):
+    """One fused orthogonalisation of q, k, v would drown k's and v's updates under q's gradient."""
+    model, before = _muon_step(bf16)
+    qkv = model.blocks[0].attn.qkv.weight  # (3D, D): q, k, v rows
     for block in (qkv.detach() - before["blocks.0.attn.qkv.weight"]).chunk(3):
         s = torch.linalg.svdvals(block.float()) / 0.02  # Newton-Schulz: singular values near 1, not exactly
         assert 0.3 < s.min() and s.max() < 1.7
     fc = model.blocks[0].mlp.fc.weight.detach() - before["blocks.0.mlp.fc.weight"]  # (4D, D): lr x sqrt(4)
     assert 0.3 < (torch.linalg.svdvals(fc) / 0.04).min() and (torch.linalg.svdvals(fc) / 0.04).max() < 1.7
     assert not torch.equal(model.wte.weight, before["wte.weight"])  # AdamW steps the rest
+
+
+def test_muon_in_fp32_takes_torchs_bf16_step():
+    """Without native bf16 the same update (Nesterov momentum, decay, lr x sqrt(rows/cols)) runs in fp32."""
+    fp32, before = _muon_step(bf16=False, steps=3, momentum=0.95)
+    bf16, _ = _muon_step(bf16=True, steps=3, momentum=0.95)
+    for name, p in fp32.named_parameters():
+        delta, reference = p.detach() - before[name], dict(bf16.named_parameters())[name].detach() - before[name]
+        assert (delta - reference).norm() < 0.03 * reference.norm(), name  # bf16's rounding, no more
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_machine_decides_where_muon_orthogonalises(native, monkeypatch):
+    """Emulated bf16 (AVX2) makes Newton-Schulz ~40x slower than fp32 there: build_state picks fp32."""
+    monkeypatch.setattr(gpt2.device, "cpu_has_bf16", lambda: native)
+    run = SimpleNamespace(params=TrainParams(optimizer="muon", init_prior=False),
+                          env=SimpleNamespace(device=torch.device("cpu")), model_cfg=ONE_LAYER, bf16=False)
+    assert build_state(run).optimizer.parts[0].bf16 is native
 
 
 def test_the_warmup_follows_the_runs_length():

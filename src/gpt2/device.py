@@ -53,6 +53,11 @@ def half_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 matmuls run in hardware here: GPUs from Ampere on, CPUs with AVX512-BF16 or AMX."""
+    return half_dtype(device) == torch.bfloat16 if device.type == "cuda" else cpu_has_bf16()
+
+
 def autocast(device: torch.device, enabled: bool):
     """Mixed-precision autocast on `device` when enabled (the loss is always computed in fp32)."""
     return torch.autocast(device.type, dtype=half_dtype(device), enabled=enabled)

@@ -17,7 +17,7 @@ import torch
 
 from gpt2 import UserError, checkpoint
 from gpt2.batches import Batches
-from gpt2.device import half_dtype, peak_flops, use_bf16
+from gpt2.device import half_dtype, native_bf16, peak_flops, use_bf16
 from gpt2.distributed import Dist, restore_rng, rng_states
 from gpt2.evaluate import unigram_logprobs
 from gpt2.model import GPT, GPTConfig
@@ -131,7 +131,7 @@ def build_state(run: Run) -> TrainState:
     if p.init_prior:
         model.init_output_prior(torch.from_numpy(unigram_logprobs(run.batches.stream, run.model_cfg.vocab_size)))
     model.grad_ckpt = p.grad_ckpt
-    optimizer = build_optimizer(model, p, fused=cuda)
+    optimizer = build_optimizer(model, p, fused=cuda, bf16=native_bf16(run.env.device))
     # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through.
     fp16 = run.bf16 and half_dtype(run.env.device) == torch.float16
     state = TrainState(model, optimizer, None, torch.amp.GradScaler(run.env.device.type, enabled=fp16))
