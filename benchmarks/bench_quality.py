@@ -113,7 +113,8 @@ def run_peer(manifest: Path, cfg: GPTConfig, p: TrainParams) -> tuple[Curve, Sco
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(p.seed)
-    hf = GPT2LMHeadModel._from_config(GPT2Config(**hf_config(cfg)), attn_implementation="sdpa")
+    no_specials = {"bos_token_id": None, "eos_token_id": None}  # GPT-2's 50256 is outside our vocabulary
+    hf = GPT2LMHeadModel._from_config(GPT2Config(**hf_config(cfg, no_specials)), attn_implementation="sdpa")
     model = Scored(hf, cfg)
     decay = [w for w in hf.parameters() if w.dim() >= 2]
     plain = [w for w in hf.parameters() if w.dim() < 2]
