@@ -191,6 +191,15 @@ def test_visualize_draws_the_four_views(text_run, tmp_path):
     assert matplotlib.image.imread(figure).shape[:2] == (825, 1210)
 
 
+def test_the_model_card_states_an_adamw_runs_recipe_and_an_older_checkpoints():
+    from gpt2.export import _recipe
+
+    before_train_optimizer = {"lr": 0.0015, "min_lr_ratio": 0.1, "weight_decay": 0.1, "steps": 100,
+                              "warmup_ratio": 0.05}
+    assert _recipe(before_train_optimizer) == ("AdamW (lr 0.0015, weight decay 0.1 on the blocks' 2-D weights); 5 "
+                                               "(0.05 of the steps) warmup steps, then a cosine decay to 0.1 x the peak")
+
+
 def test_export_round_trips_through_transformers(corpus, tmp_path):
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -207,7 +216,9 @@ def test_export_round_trips_through_transformers(corpus, tmp_path):
     info = json.loads(corpus["info"].read_text())
     sha1 = info["files"]["enwiki-sample.xml.bz2"]["sha1"]
     for fact in ("| layers / heads / dims | 2 / 2 / 64 |", f"{report['train_steps']:,} steps", sha1,
-                 f"{info['articles']:,} articles", f"| perplexity | {report['perplexity']:.1f} |"):
+                 f"{info['articles']:,} articles", f"| perplexity | {report['perplexity']:.1f} |",
+                 "Muon (lr 0.02, momentum 0.95, weight decay 0) on the blocks' 2-D weights, AdamW (lr 0.003)",
+                 "the peak held, then a linear decay over the last 30% of the steps to 0.1 x the peak"):
         assert fact in card, fact
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
     from gpt2.checkpoint import load_model

@@ -147,6 +147,15 @@ def test_the_machine_decides_where_muon_orthogonalises(native, monkeypatch):
     assert build_state(run).optimizer.parts[0].bf16 is native
 
 
+def test_onednn_capped_below_avx512_bf16_counts_as_emulated_bf16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 matmuls emulated on any CPU: neither autocast nor Muon may use them."""
+    native = bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert gpt2.device.cpu_has_bf16() is native
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not gpt2.device.cpu_has_bf16() and not use_bf16("auto", torch.device("cpu"))
+
+
 def test_the_warmup_follows_the_runs_length():
     long = TrainParams(steps=4000, warmup_ratio=0.05)
     assert warmup_steps(long, long.steps) == 200
@@ -381,7 +390,7 @@ def test_training_beats_the_unigram_baseline(tiny_run):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.5  # from the unigram start (init_prior)
     assert [c for c in rows[0]] == ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second",
                                     "grad_norm", "mfu", "data_wait", "optimizer", "schedule"]
-    assert {(r["optimizer"], r["schedule"]) for r in rows} == {("adamw", "cosine")}
+    assert {(r["optimizer"], r["schedule"]) for r in rows} == {("muon", "wsd")}  # the defaults
     assert all(0 < float(r["mfu"]) < 1 and 0 <= float(r["data_wait"]) < 1 for r in rows)
     log = (tiny_run / "results/logs/train/tiny.log").read_text()
     assert "train: 100%" in log  # tqdm progress in the log
@@ -404,11 +413,12 @@ def test_periodic_evaluation_reads_the_validation_split(tiny_run):
     assert float(last["eval_loss"]) == pytest.approx(valid, rel=1e-5) and abs(valid - test) > 1e-3
 
 
-MUON_WSD = ("--optimizer", "muon", "--schedule", "wsd")
+ADAMW_COSINE = ("--optimizer", "adamw", "--schedule", "cosine")  # GPT-2's recipe
+MUON_WSD = ("--optimizer", "muon", "--schedule", "wsd")  # the default
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("recipe", [(), MUON_WSD], ids=["adamw", "muon"])
+@pytest.mark.parametrize("recipe", [ADAMW_COSINE, MUON_WSD], ids=["adamw", "muon"])
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path, recipe):
     manifest = tiny_run / "results/shards/manifest.json"
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -460,7 +470,7 @@ def _torchrun_commands(layout: str, manifest: Path, out: Path, *extra: str) -> l
     return [[torchrun, *rendezvous, *train] for _node in range(2)]
 
 
-@pytest.mark.parametrize(("layout", "recipe"), [("one node", ()), ("two nodes", MUON_WSD)],
+@pytest.mark.parametrize(("layout", "recipe"), [("one node", ADAMW_COSINE), ("two nodes", MUON_WSD)],
                          ids=["one node, adamw", "two nodes, muon"])
 def test_two_gloo_processes_reproduce_the_single_process_curve(tiny_run, tmp_path, layout, recipe):
     manifest = tiny_run / "results/shards/manifest.json"
@@ -538,7 +548,7 @@ def test_raising_steps_extends_a_finished_run(tiny_run, tmp_path):
     assert rows[:len(first)] == first and [int(r["step"]) for r in rows[len(first):]] == [30, 40]
     assert "extending the finished 20-step run to 40 steps" in (tmp_path / "results/logs/train/tiny.log").read_text()
     params = TrainParams(**config["train"])
-    for row in rows[len(first):]:  # the lr of the row's last step: warmup from min_lr, cosine over steps 20-40
+    for row in rows[len(first):]:  # the lr of the row's last step: warmup from min_lr, then the schedule
         assert float(row["lr"]) == pytest.approx(params.lr * lr_factor(int(row["step"]) - 1, params, 20), rel=1e-5)
     assert lr_factor(20, params, 20) == pytest.approx(0.1 + 0.9 / 5) and lr_factor(24, params, 20) == 1.0
     report = json.loads((tmp_path / "results/eval_tiny.json").read_text())

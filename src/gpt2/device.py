@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
@@ -26,11 +27,19 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+# oneDNN instruction sets without bf16 dot products: capped to one of them (ONEDNN_MAX_CPU_ISA=AVX2, how
+# the AVX2 path is timed on a faster machine), an AVX512-BF16 CPU emulates bf16 matmuls like an AVX2 one.
+NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 matmuls (AVX512-BF16 / AMX): there bf16 autocast trains ~1.8x faster than fp32.
 
-    Elsewhere (AVX2 only) bf16 is emulated and ~300x slower, so `auto` never picks it.
+    Elsewhere (AVX2 only, or oneDNN capped below AVX512-BF16) bf16 is emulated and ~300x slower, so
+    `auto` never picks it.
     """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in NO_BF16_ISAS:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -89,6 +89,22 @@ def _warmup(train: dict) -> str:
     return str(train["warmup_steps"])
 
 
+def _recipe(train: dict) -> str:
+    """The optimizer and lr schedule of a saved train_config (runs before train.optimizer were AdamW, cosine)."""
+    adamw = f"AdamW (lr {train['lr']:g}"
+    if train.get("optimizer", "adamw") == "muon":
+        optimizer = (f"Muon (lr {train['muon_lr']:g}, momentum {train['muon_momentum']:g}, weight decay "
+                     f"{train['muon_weight_decay']:g}) on the blocks' 2-D weights, {adamw}) on the embeddings, "
+                     "norms and biases")
+    else:
+        optimizer = f"{adamw}, weight decay {train['weight_decay']:g} on the blocks' 2-D weights)"
+    warmup, floor = f"{_warmup(train)} warmup steps", f"{train['min_lr_ratio']:g} x the peak"
+    if train.get("schedule", "cosine") == "wsd":
+        return (f"{optimizer}; {warmup}, the peak held, then a linear decay over the last "
+                f"{train['decay_ratio']:.0%} of the steps to {floor}")
+    return f"{optimizer}; {warmup}, then a cosine decay to {floor}"
+
+
 def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: dict | None, kind: str) -> str:
     """README.md of the exported folder: architecture, data, training budget, evaluation, usage; `kind` is
     the tokenizer's (bpe or wordpiece)."""
@@ -108,10 +124,8 @@ def model_card(name: str, state: dict, model: GPT, dump: dict | None, report: di
                   f"{dump['articles']:,} articles; files:", ""]
         lines += [f"- `{name}` (sha1 `{sums['sha1']}`)" for name, sums in dump["files"].items()] + [""]
     lines += ["## Training", "", f"{state['step']:,} steps, {state['tokens']:,} tokens "
-              f"({train['batch_tokens']:,} per step), AdamW lr {train['lr']:g} with {_warmup(train)} warmup "
-              f"steps and cosine decay to {train['lr'] * train['min_lr_ratio']:g}, weight decay "
-              f"{train['weight_decay']:g}, seed {train['seed']}; this is the {state.get('selected', 'final')} "
-              "model of the run.", ""]
+              f"({train['batch_tokens']:,} per step), {_recipe(train)}, seed {train['seed']}; this is the "
+              f"{state.get('selected', 'final')} model of the run.", ""]
     if report is not None:
         lines += ["## Evaluation", "", f"On the held-out test articles ({report['eval_tokens']:,} predicted tokens):",
                   "", "| metric | value |", "|---|---|", f"| loss (nats/token) | {report['loss']:.4f} |",

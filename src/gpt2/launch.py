@@ -66,7 +66,8 @@ def job_layout(gpus: int, nodes: int) -> dict[str, int | str]:
 # A process's own host memory before any model: torch with CUDA's libraries and context, or CPU torch
 # (measured on this project's CPUs: docs/training.md, "Memory").
 PROCESS_MB = {"cuda": 3000, "cpu": 700}
-# Bytes per parameter: fp32 weights, and AdamW's two fp32 moments beside them.
+# Bytes per parameter: fp32 weights, and AdamW's two fp32 moments beside them (an upper bound with
+# optimizer muon, whose blocks' matrices keep one momentum buffer).
 WEIGHT_BYTES, ADAMW_BYTES = 4, 8
 # Host copies of the training state that rank 0's checkpoint writer may hold at once (checkpoint.Writer).
 PENDING_CHECKPOINTS = 2

@@ -176,8 +176,8 @@ class TrainParams(Hardware):
     seq_len: int = param(128, "context length in tokens", minimum=2, maximum=65536)
     mlp_ratio: int = param(4, "MLP hidden width as a multiple of dims (GPT-2: 4)", minimum=1, aliases=("--rate",))
     dropout: float = param(0.0, "dropout rate", minimum=0, below=1)
-    steps: int = param(100, "optimizer steps in total", minimum=1, aliases=("--total_steps",), trajectory=True)
-    batch_tokens: int = param(512, "global batch per optimizer step in tokens, a multiple of micro_batch x seq_len "
+    steps: int = param(25, "optimizer steps in total", minimum=1, aliases=("--total_steps",), trajectory=True)
+    batch_tokens: int = param(2048, "global batch per optimizer step in tokens, a multiple of micro_batch x seq_len "
                                    "x processes (0: one micro-batch per process)", minimum=0, trajectory=True)
     micro_batch: int = param(4, "sequences per forward pass per process; accumulation fills the batch", minimum=1,
                              aliases=("--batch_train",))
@@ -185,12 +185,12 @@ class TrainParams(Hardware):
     lr: float = param(0.0015, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
     min_lr_ratio: float = param(0.1, "the schedule's decay ends at lr x this (muon_lr x this)", minimum=0,
                                 maximum=1, trajectory=True)
-    schedule: Literal["cosine", "wsd"] = param("cosine", "after warmup: cosine decay, or wsd (warmup-stable-decay: "
+    schedule: Literal["cosine", "wsd"] = param("wsd", "after warmup: cosine decay, or wsd (warmup-stable-decay: "
                                                          "the peak lr, then a linear decay over decay_ratio of the "
                                                          "steps)", trajectory=True)
     decay_ratio: float = param(0.3, "wsd: the final fraction of the steps that decays linearly", above=0,
                                maximum=1, trajectory=True)
-    optimizer: Literal["adamw", "muon"] = param("adamw", "adamw on every parameter (GPT-2), or muon on the blocks' "
+    optimizer: Literal["adamw", "muon"] = param("muon", "adamw on every parameter (GPT-2), or muon on the blocks' "
                                                          "2-D weights (q, k, v apart) with adamw at lr on the rest",
                                                 trajectory=True)
     muon_lr: float = param(0.02, "muon: peak learning rate of the blocks' 2-D weights", above=0, trajectory=True)
