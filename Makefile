@@ -7,7 +7,10 @@ CORES  ?= 8
 # e.g. `make setup TORCH="torch==2.13.0"` from the CUDA index of your choice.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test test-slurm report bench tensorboard clean
+# The oldest torch pyproject.toml allows (its `torch>=` bound), which `make test-floor` tests on.
+TORCH_FLOOR := $(shell sed -n 's/.*"torch>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+
+.PHONY: setup run test test-floor test-slurm report bench tensorboard clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +51,13 @@ tensorboard: setup
 
 clean:
 	rm -rf results resources .snakemake
+
+# The training and model tests on the oldest torch allowed, in a venv of its own (.venv-floor; on
+# x86-64 PyPI's build of that torch is a CUDA one: ~3 GB to download, ~7 GB installed, runs on the CPU).
+test-floor:
+	$(MAKE) setup VENV=.venv-floor TORCH="torch==$(TORCH_FLOOR)"
+	.venv-floor/bin/python -c "import torch; print('torch', torch.__version__)"
+	.venv-floor/bin/pytest -q tests/test_train.py tests/test_model.py
 
 # The real-SLURM test alone (needs root and Debian's slurmctld slurmd slurm-client munge).
 test-slurm: setup

@@ -16,6 +16,7 @@ from gpt2.config import baseline_names, check_config
 from gpt2.dump import dump_name
 from gpt2.launch import (
     eval_memory_mb,
+    hf_param_count,
     job_layout,
     launch_command,
     param_count,
@@ -138,9 +139,9 @@ def eval_hardware_flags():
 
 
 # python, or torchrun with one process per GPU (under srun across nodes): shell code made of the
-# validated numbers train.gpus and train.nodes only (no field to quote), so rules/train.smk starts
-# its command with it as is.
-TRAIN_LAUNCHER = launch_command(TRAIN["gpus"], TRAIN["nodes"])
+# validated numbers train.gpus and train.nodes and train.gpu_model (letters, digits, _ and . by the
+# schema's pattern) only, so rules/train.smk starts its command with it as is.
+TRAIN_LAUNCHER = launch_command(TRAIN["gpus"], TRAIN["nodes"], TRAIN["gpu_model"])
 
 
 def model_params(wildcards):
@@ -157,18 +158,30 @@ def model_params(wildcards):
 
 def train_mem_mb(wildcards):
     """Host memory per node for training {model}: train.mem_mb, or (0) computed from its shape."""
-    return TRAIN["mem_mb"] or train_memory_mb(model_params(wildcards), TRAIN["gpus"])
-
-
-def baseline_model(wildcards):
-    """The hub id or folder that results/baseline_{baseline}.json scores."""
-    return BASELINES[wildcards.baseline]
+    compiles = TRAIN["compile"] != "off"  # auto compiles on CUDA
+    return TRAIN["mem_mb"] or train_memory_mb(
+        model_params(wildcards), TRAIN["gpus"], compiles
+    )
 
 
 def baseline_input(wildcards):
-    """A baseline that is a local folder is an input, so that replacing the model reruns its score."""
+    """The folder results/baseline_{baseline}.json scores: a local folder as it is (replacing the model reruns
+    its score), a hub id as fetch_baseline downloads it (on the login node)."""
     model = BASELINES[wildcards.baseline]
-    return {"folder": model} if os.path.isdir(model) else {}
+    return {
+        "folder": (
+            model if os.path.isdir(model) else f"resources/hf/{wildcards.baseline}"
+        )
+    }
+
+
+def hub_id(wildcards):
+    return BASELINES[wildcards.baseline]
+
+
+def baseline_mem_mb(wildcards, input):
+    """Host memory for scoring a baseline: its parameters, counted from its weight files' headers."""
+    return eval_memory_mb(hf_param_count(input.folder), TRAIN["gpus"] > 0)
 
 
 def eval_mem_mb(wildcards):
@@ -179,7 +192,7 @@ def eval_mem_mb(wildcards):
 TRAIN_RESOURCES = {
     "mem_mb": train_mem_mb,
     "runtime": TRAIN["runtime"],
-    **job_layout(TRAIN["gpus"], TRAIN["nodes"]),
+    **job_layout(TRAIN["gpus"], TRAIN["nodes"], TRAIN["gpu_model"]),
 }
 
 

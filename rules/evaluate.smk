@@ -28,6 +28,24 @@ rule evaluate:
         " > /dev/null 2> {log:q}"
 
 
+# Hub models are downloaded where the network is: on a cluster, the login node.
+localrules:
+    fetch_baseline,
+
+
+rule fetch_baseline:
+    output:
+        directory("resources/hf/{baseline}"),
+    log:
+        "results/logs/fetch_baseline/{baseline}.log",
+    conda:
+        "../envs/export.yaml"
+    params:
+        hf=hub_id,
+    shell:
+        "python -m gpt2 fetch-hf --hf {params.hf:q} --out {output:q} 2> {log:q}"
+
+
 rule baseline:
     input:
         unpack(baseline_input),
@@ -44,13 +62,13 @@ rule baseline:
     threads: TRAIN["threads"]
     resources:
         gpu=min(1, TRAIN["gpus"]),
+        mem_mb=baseline_mem_mb,
     params:
-        model=baseline_model,
         flags=cli_flags(EvaluateParams, config["evaluate"])
         + cli_flags(BaselineParams, config["baselines"]),
         hardware=eval_hardware_flags(),
     shell:
-        "python -m gpt2 evaluate --hf {params.model:q} --shards {input.manifest:q} --output {output:q}"
+        "python -m gpt2 evaluate --hf {input.folder:q} --shards {input.manifest:q} --output {output:q}"
         " --name {wildcards.baseline:q} {params.flags:q} {params.hardware:q} --threads {threads:q}"
         " > /dev/null 2> {log:q}"
 

@@ -212,16 +212,48 @@ def test_a_hub_id_without_network_or_cache_is_one_error(tiny_run, tmp_path):
     assert proc.returncode == 2 and "--hf scores raw text" in proc.stderr.splitlines()[-1]
 
 
-def test_a_local_transformers_gpt2_is_a_baseline_in_the_report_table(tiny_run, tiny_export, tmp_path):
-    """baselines.models names a folder: `baseline` scores it on the test articles and the table sets it beside ours."""
+def _random_gpt2(folder: Path, tiny_export: Path):
+    """An untrained 1-layer transformers GPT-2 with our export's tokenizer, saved in `folder`; its tokenizer."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    folder = tmp_path / "random-gpt2"
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_export)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                               eos_token_id=tokenizer.eos_token_id)).save_pretrained(folder)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return tokenizer, sum(p.numel() for p in model.parameters())
+
+
+def test_a_hub_baseline_is_fetched_on_the_login_node_and_scored_from_its_folder(tiny_run, tiny_export, tmp_path):
+    """fetch_baseline (a localrule) copies the hub model out of the Hugging Face cache (offline here, as a
+    filled cache is); baseline scores the folder, and its JSON names the hub id and revision."""
+    from gpt2.launch import hf_param_count
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf/hub/models--testorg--hub-gpt2"  # the cache's layout: refs/main -> snapshots/<sha>/
+    _, params = _random_gpt2(repo / "snapshots" / revision, tiny_export)
+    (repo / "snapshots" / revision / "pytorch_model.bin").write_bytes(b"a pickle: never copied")
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text(revision)
+    config = {**TINY_CONFIG, "baselines": {"models": ["testorg/hub-gpt2"]}}
+    proc = snakemake(tiny_run, "results/baseline_hub-gpt2.json", config=config,
+                     env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "localrule fetch_baseline:" in proc.stdout + proc.stderr
+    fetched = tiny_run / "resources/hf/hub-gpt2"
+    assert json.loads((fetched / "source.json").read_text()) == {"hf": "testorg/hub-gpt2", "revision": revision}
+    assert not (fetched / "pytorch_model.bin").exists() and hf_param_count(fetched) == params
+    baseline = json.loads((tiny_run / "results/baseline_hub-gpt2.json").read_text())
+    assert (baseline["model"], baseline["hf"], baseline["revision"]) == ("hub-gpt2", "testorg/hub-gpt2", revision)
+    proc = gpt2("fetch-hf", "--hf", "../../etc", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "is not a hub id" in proc.stderr.splitlines()[-1]
+
+
+def test_a_local_transformers_gpt2_is_a_baseline_in_the_report_table(tiny_run, tiny_export, tmp_path):
+    """baselines.models names a folder: `baseline` scores it on the test articles and the table sets it beside ours."""
+    folder = tmp_path / "random-gpt2"
+    tokenizer, _ = _random_gpt2(folder, tiny_export)
     config = {**TINY_CONFIG, "report": {"models": ["tiny"]}, "baselines": {"models": [str(folder)]}}
     proc = snakemake(tiny_run, "results/tables/baselines.csv", config=config)
     assert proc.returncode == 0, proc.stderr[-3000:]

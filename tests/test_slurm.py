@@ -13,7 +13,7 @@ import pytest
 
 import slurm_cluster
 from conftest import ROOT, TINY_CONFIG, serve, snakemake
-from gpt2.launch import launch_command, param_count, train_memory_mb
+from gpt2.launch import job_layout, launch_command, param_count, train_memory_mb
 from gpt2.params import MODELS
 from wikidump import three_part_dump
 
@@ -32,6 +32,13 @@ def test_launch_commands_for_gpus_and_nodes():
     assert ("srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpus-per-task $((4 * {threads})) --gres=gpu:4 "
             "--kill-on-bad-exit=1 torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d "
             "--rdzv_id $SLURM_JOB_ID --rdzv_endpoint $MASTER_ADDR:$((29500 + SLURM_JOB_ID % 1000)) -m gpt2") in two_nodes
+
+
+def test_a_gpu_type_is_folded_into_each_nodes_gres():
+    assert " --gres=gpu:h100:4 " in launch_command(gpus=4, nodes=2, gpu_model="h100")
+    assert job_layout(4, 2, "h100")["gres"] == "gpu:h100:4" and "gpu_model" not in job_layout(4, 2, "h100")
+    assert job_layout(8, 1, "a100") == {"gpu": 8, "nodes": 1, "gpu_model": "a100"}
+    assert job_layout(0, 1, "a100") == {"gpu": 0, "nodes": 1}  # a CPU run asks for no GPU type
 
 
 class _Resources(dict):
@@ -71,6 +78,28 @@ def test_a_two_node_job_asks_each_node_for_its_gpus_and_nests_no_step(tmp_path):
     assert f"--ntasks-per-node 1 --cpus-per-task $((4 * {threads})) --gres=gpu:4 " in command
 
 
+@pytest.mark.parametrize("nodes, expect", [(2, "--gres=gpu:h100:4"), (1, "--gpus=h100:4")])
+def test_the_sbatch_line_asks_for_the_gpu_type_once(tmp_path, nodes, expect):
+    """Several nodes: gpu:h100:4 per node, no job-wide --gpus beside it; one node: the plugin's --gpus=h100:4."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    resources, _ = _train_job(tmp_path, {"gpus": 4, "nodes": nodes, "gpu_model": "h100", "batch_tokens": 8192,
+                                         "micro_batch": 8})
+    gres = set_gres_string(SimpleNamespace(resources=resources, threads=8)).split()
+    assert gres == [expect], gres
+
+
+def test_a_baseline_job_gets_a_gpu_node_and_its_models_memory_after_a_login_node_fetch(tmp_path):
+    proc = snakemake(tmp_path, "results/baseline_gpt2-xl.json", config={"baselines": {"models": ["gpt2-xl"]}},
+                     extra=("-n", "--profile", str(ROOT / "profiles/slurm")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert re.search(r"^localrules:\s+fetch_baseline,", (ROOT / "rules/evaluate.smk").read_text(), re.M)
+    resources = re.search(r"rule baseline:.*?resources: ([^\n]*)", out, re.S)[1]
+    # mem_mb follows the fetched weights (test_evaluate's hub test counts them): unknown before the fetch
+    assert "slurm_partition=gpu" in resources and "gpu=1" in resources and "mem_mb=<TBD>" in resources, resources
+
+
 def test_a_one_node_job_asks_for_its_gpus_and_the_plugin_runs_it_in_one_step(tmp_path):
     resources, command = _train_job(tmp_path, {"gpus": 8, "batch_tokens": 8192, "micro_batch": 8})
     assert resources["gpu"] == 8 and resources["nodes"] == 1 and "mpi" not in resources
@@ -95,8 +124,9 @@ def test_the_train_jobs_memory_follows_the_models_shape(tmp_path, model):
                      extra=("-n", "--profile", str(ROOT / "profiles/slurm")))
     assert proc.returncode == 0, proc.stderr[-2000:]
     mem = int(re.search(r"rule train:.*?resources:.*?\bmem_mb=(\d+)", proc.stdout + proc.stderr, re.S)[1])
-    # rank 0's two pending checkpoint copies of weights + AdamW moments, and 8 processes' own memory
-    assert mem == train_memory_mb(params, 8) >= (2 * 12 * params + 8 * 3000 * 2 ** 20) / 2 ** 20
+    # rank 0's two pending checkpoint copies of weights + AdamW moments, 8 processes' own memory and their
+    # compile workers (train.compile auto compiles on CUDA)
+    assert mem == train_memory_mb(params, 8, compiles=True) >= (2 * 12 * params + 8 * 7000 * 2 ** 20) / 2 ** 20
 
 
 @pytest.mark.parametrize("train, launcher", [

@@ -31,7 +31,9 @@ from gpt2.params import Architecture, TrainParams
 import gpt2.device
 import gpt2.train
 from gpt2.batches import Batches, Prefetcher
-from gpt2.optim import build_optimizer, lr_factor, param_groups, warmup_steps
+import gpt2.optim
+from gpt2 import UserError
+from gpt2.optim import SplitMuon, build_optimizer, idle_settings, lr_factor, param_groups
 from gpt2.run_state import Outputs, build_state
 from gpt2.train import model_config, train
 
@@ -82,20 +84,51 @@ def _losses(path: Path) -> list[tuple[int, float, str]]:
     return [(int(r["step"]), float(r["train_loss"]), r["eval_loss"]) for r in _rows(path)]
 
 
-def test_lr_warms_up_then_decays_to_the_floor():
-    cfg = TrainParams(steps=100, warmup_ratio=0.1, min_lr_ratio=0.1)
-    factors = [lr_factor(s, cfg) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
-    assert lr_factor(100, cfg) == pytest.approx(0.1)
+def _lrs_used(manifest: Path, out: Path, steps: int, schedule: str) -> list[float]:
+    """The peak's multiplier at every step a Muon run of `steps` steps took, as metrics.csv logged its lr and
+    muon_lr (they follow one schedule)."""
+    params = TrainParams(steps=steps, schedule=schedule, seq_len=8, batch_tokens=8, micro_batch=1, log_every=1,
+                         eval_every=10**6, checkpoint_every=10**6, eval_tokens=16, batch_eval=1, init_prior=False,
+                         threads=1, device="cpu")
+    vocab = json.loads(manifest.read_text())["vocab_size"]
+    shape = GPTConfig(vocab_size=vocab, seq_len=8, layers=1, heads=1, dims=16, mlp_ratio=1, dropout=0.0)
+    train(manifest, Outputs(out / "model.pt", out / "checkpoints"), shape, params)
+    rows = _rows(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))
+    factors = [float(r["lr"]) / params.lr for r in rows]
+    assert [float(r["muon_lr"]) / params.muon_lr for r in rows] == pytest.approx(factors, rel=1e-5)
+    return factors
 
 
-def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
-    cfg = TrainParams(steps=100, warmup_ratio=0.1, decay_ratio=0.2, min_lr_ratio=0.1, schedule="wsd")
-    factors = [lr_factor(s, cfg) for s in range(101)]
-    assert factors[9:81] == [1.0] * 72
-    drops = [a - b for a, b in zip(factors[80:], factors[81:])]
-    assert drops == pytest.approx([0.9 / 20] * 20) and factors[100] == pytest.approx(0.1)
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_one_and_two_step_runs_end_at_the_floor_after_a_real_warmup_step(tiny_run, tmp_path, schedule):
+    manifest = tiny_run / "results/shards/manifest.json"
+    assert _lrs_used(manifest, tmp_path / "one", 1, schedule) == pytest.approx([0.1])  # the last step: end lr
+    assert _lrs_used(manifest, tmp_path / "two", 2, schedule) == pytest.approx([0.5, 0.1])
+
+
+def test_the_25_step_schedules_warm_up_reach_the_peak_and_end_at_the_floor(tiny_run, tmp_path):
+    """make run's 25 steps: one ramp step (0.05 x 25 rounds to 1), the peak, then each schedule's decay."""
+    manifest = tiny_run / "results/shards/manifest.json"
+    for schedule in ("cosine", "wsd"):
+        factors = _lrs_used(manifest, tmp_path / schedule, 25, schedule)
+        assert factors[:2] == pytest.approx([0.5, 1.0]) and factors[-1] == pytest.approx(0.1)
+        assert all(a > b for a, b in zip(factors[1:], factors[2:])) == (schedule == "cosine")
+        if schedule == "wsd":  # 0.3 x 25 rounds to 8 decay steps: 9 to 16 at the peak after warmup
+            assert factors[1:17] == pytest.approx([1.0] * 16)
+            assert [a - b for a, b in zip(factors[16:], factors[17:])] == pytest.approx([0.9 / 8] * 8, abs=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_4000_step_schedule_warms_up_over_200_steps_and_ends_at_the_floor(tiny_run, tmp_path, schedule):
+    factors = _lrs_used(tiny_run / "results/shards/manifest.json", tmp_path, 4000, schedule)
+    warmup = factors[:200]
+    assert all(a < b < 1 for a, b in zip(warmup, warmup[1:])) and factors[200] == pytest.approx(1.0)
+    assert factors[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(factors[200:], factors[201:]))
+    if schedule == "wsd":  # 1,200 decay steps after the peak's last (step 2,800)
+        assert factors[200:2800] == pytest.approx([1.0] * 2600) and factors[2800] < 1.0
+    else:
+        assert factors[2100] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 1900 / 3799)), rel=1e-5)
 
 
 ONE_LAYER = GPTConfig(vocab_size=64, seq_len=8, layers=1, heads=2, dims=32, mlp_ratio=4, dropout=0.0)
@@ -155,12 +188,6 @@ def test_onednn_capped_below_avx512_bf16_counts_as_emulated_bf16(monkeypatch):
     assert gpt2.device.cpu_has_bf16() is native
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     assert not gpt2.device.cpu_has_bf16() and not use_bf16("auto", torch.device("cpu"))
-
-
-def test_the_warmup_follows_the_runs_length():
-    long = TrainParams(steps=4000, warmup_ratio=0.05)
-    assert warmup_steps(long, long.steps) == 200
-    assert lr_factor(198, long) < 1 and lr_factor(199, long) == pytest.approx(1.0)
 
 
 def test_every_sequence_is_seen_once_per_epoch(tiny_run):
@@ -347,10 +374,44 @@ def test_without_flock_the_folder_is_held_by_an_exclusive_file(tmp_path, monkeyp
     (folder / ".lock.held").write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()} since then\n")
     with checkpoint.holding(folder):
         assert "is gone; taking it over" in capsys.readouterr().err
-    (folder / ".lock.held").write_text("pid 1 on another-host since then\n")  # another host's: never taken
+    (folder / ".lock.held").write_text("pid 1 on another-host since then\n")  # another host's, its lease live
     with pytest.raises(UserError, match="another-host"):
         with checkpoint.holding(folder):
             pass
+    expired = time.time() - checkpoint.LEASE_S - 5  # a dead node renews nothing
+    os.utime(folder / ".lock.held", (expired, expired))
+    with checkpoint.holding(folder):
+        assert "let its lease run out" in capsys.readouterr().err
+    (folder / ".lock.held").write_text("pid 1 on another-host in slurm job 77 since then\n")
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    with pytest.raises(UserError, match="another-host in slurm job 77"):  # another job's
+        with checkpoint.holding(folder):
+            pass
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued
+    with checkpoint.holding(folder):
+        assert "(requeued); taking it over" in capsys.readouterr().err
+        assert f"pid {os.getpid()} on {socket.gethostname()} in slurm job 77 since" in (folder / ".lock.held").read_text()
+
+
+@pytest.mark.reliability
+def test_two_starters_never_both_take_over_a_dead_holders_lock(tmp_path):
+    """Eight processes find the same dead holder's .lock.held at once: one of them holds the folder."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / ".lock.held").write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()} since then\n")
+    go = tmp_path / "go"  # the starters wait for it, so that they race for real
+    hold = ("import os, sys, time; from gpt2 import UserError, checkpoint\n"
+            "while not os.path.exists(sys.argv[2]): pass\n"
+            "try:\n    with checkpoint.holding(sys.argv[1]):\n        print('held'); sys.stdout.flush(); time.sleep(3)\n"
+            "except UserError as exc:\n    print('refused')\n")
+    env = dict(_env(), PYTHONPATH=f"{ROOT / 'tests/noflock'}:{ROOT / 'src'}")
+    procs = [subprocess.Popen([sys.executable, "-c", hold, str(folder), str(go)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for _ in range(8)]
+    time.sleep(8)  # all have imported gpt2 (and torch) and spin on `go`
+    go.touch()
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outcomes == ["held"] + ["refused"] * 7
 
 
 def test_mfu_is_per_device():
@@ -383,13 +444,79 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert plain["weight_decay"] == 0.0 and "wte.weight" in {names[id(p)] for p in plain["params"]}
 
 
+def _muon_parts(net: torch.nn.Module, model: GPT) -> tuple[list[str], list[str]]:
+    """The names (in `model`) of the parameters Muon and AdamW get when the optimizer is built on `net`."""
+    muon, adamw = build_optimizer(net, TrainParams(optimizer="muon"), fused=False).parts
+    names = {id(p): n for n, p in model.named_parameters()}
+    return ([names[id(p)] for g in muon.param_groups for p in g["params"]],
+            [names[id(p)] for g in adamw.param_groups for p in g["params"]])
+
+
+def test_muon_takes_the_same_weights_of_a_compiled_and_a_ddp_wrapped_model(tmp_path):
+    """Their parameter names gain `_orig_mod.` / `module.`: the split goes by module, not by name."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = GPT(ONE_LAYER)
+    bare = _muon_parts(model, model)
+    assert "wte.weight" in bare[1] and bare[0][0] == "blocks.0.attn.qkv.weight" and len(bare[0]) == 4
+    compiled = torch.compile(model)
+    assert next(n for n, _ in compiled.named_parameters()).startswith("_orig_mod.")
+    assert _muon_parts(compiled, model) == bare
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        assert next(n for n, _ in wrapped.named_parameters()).startswith("module.")
+        assert _muon_parts(wrapped, model) == bare
+    finally:
+        dist.destroy_process_group()
+
+
+def test_muon_in_fp32_honours_adjust_lr_fn_as_torch_does():
+    """match_rms_adamw scales a (4D, D) matrix's step by 0.2 sqrt(4D) instead of sqrt(4): both paths agree."""
+    steps = {}
+    for bf16 in (True, False):
+        torch.manual_seed(0)
+        weight = torch.nn.Parameter(torch.randn(128, 32))
+        start = weight.detach().clone()
+        weight.grad = torch.randn_like(weight)
+        SplitMuon([{"params": [weight], "split": 1}], lr=0.01, weight_decay=0.0, adjust_lr_fn="match_rms_adamw",
+                  bf16=bf16).step()
+        steps[bf16] = weight.detach() - start
+    assert (steps[False] - steps[True]).norm() < 0.03 * steps[True].norm()
+    rms = steps[False].square().mean().sqrt() / 0.01  # an orthogonalised (128, 32) update has RMS ~ 1/sqrt(128)
+    assert 0.6 * 0.2 < rms < 1.4 * 0.2
+
+
+def test_a_setting_the_optimizer_ignores_is_named_in_a_warning():
+    assert idle_settings(TrainParams()) == [] and idle_settings(TrainParams(optimizer="adamw")) == []
+    [line] = idle_settings(TrainParams(optimizer="muon", weight_decay=0.05))
+    assert line.startswith("warning: train.weight_decay = 0.05 has no effect with train.optimizer muon")
+    [line] = idle_settings(TrainParams(optimizer="adamw", muon_lr=0.05))
+    assert "train.muon_lr = 0.05 has no effect with train.optimizer adamw" in line
+
+
+def test_a_torch_without_muon_or_with_another_init_group_is_refused_in_one_line(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(UserError, match=r"has no torch.optim.Muon: this project needs torch >= 2\.9"):
+        gpt2.optim._check_torch()
+
+    class Changed(torch.optim.Optimizer):
+        def _init_group(self, group, params, grads, bufs, extra):
+            pass
+
+    monkeypatch.setattr(torch.optim, "Muon", Changed, raising=False)
+    with pytest.raises(UserError, match="changed Muon's private _init_group"):
+        gpt2.optim._check_torch()
+
+
 def test_training_beats_the_unigram_baseline(tiny_run):
     report = json.loads((tiny_run / "results/eval_tiny.json").read_text())
     assert report["train_steps"] == TINY_CONFIG["train"]["steps"]
     assert report["perplexity"] < 0.8 * report["unigram_perplexity"]
     rows = _rows(tiny_run / "results/train/tiny/metrics.csv")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.5  # from the unigram start (init_prior)
-    assert [c for c in rows[0]] == ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second",
+    assert [c for c in rows[0]] == ["step", "tokens", "train_loss", "eval_loss", "lr", "muon_lr", "tokens_per_second",
                                     "grad_norm", "mfu", "data_wait", "optimizer", "schedule"]
     assert {(r["optimizer"], r["schedule"]) for r in rows} == {("muon", "wsd")}  # the defaults
     assert all(0 < float(r["mfu"]) < 1 and 0 <= float(r["data_wait"]) < 1 for r in rows)
@@ -440,6 +567,58 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_run, tmp_path, reci
     a = torch.load(straight / "model.pt", weights_only=True)["model"]
     b = torch.load(crashed / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _on_host(host: str, cmd: list[str]) -> list[str]:
+    """`cmd` in a UTS namespace of its own whose hostname is `host`: a node of a cluster, on this machine."""
+    return ["unshare", "--uts", "sh", "-c", f'hostname "$0" && exec "$@"', host, *cmd]
+
+
+def _wait_for(path: Path, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.reliability
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
+def test_sigterm_then_a_requeue_on_other_nodes_without_flock_resumes_the_run(tiny_run, tmp_path):
+    """A SLURM time limit sends SIGTERM: the run checkpoints and releases the folder. A requeued job that is
+    killed outright (SIGKILL) leaves its .lock.held; the same job id on a third node takes it over."""
+    manifest = tiny_run / "results/shards/manifest.json"
+    straight, requeued = tmp_path / "straight", tmp_path / "requeued"
+    subprocess.run(_train_cmd(manifest, straight), check=True, env=_env(), capture_output=True)
+    env = dict(_env(), PYTHONPATH=f"{ROOT / 'tests/noflock'}:{ROOT / 'src'}", SLURM_JOB_ID="4242")
+    held = requeued / "checkpoints/.lock.held"
+
+    proc = subprocess.Popen(_on_host("node1", _train_cmd(manifest, requeued)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(requeued / "checkpoints/step_0000008.pt")
+    assert "pid" in held.read_text() and "on node1 in slurm job 4242 since" in held.read_text()
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    stopped = int(re.search(r"^error: stopped by SIGTERM after step (\d+) of 24; its checkpoint is in ",
+                            stderr.strip().splitlines()[-1])[1])
+    assert proc.returncode == 2 and "has no flock" in stderr and stopped < 24
+    assert (requeued / f"checkpoints/step_{stopped:07d}.pt").exists() and not held.exists()
+    assert int(_rows(requeued / "checkpoints/metrics.csv")[-1]["step"]) == stopped  # a row for the stop too
+
+    proc = subprocess.Popen(_on_host("node2", _train_cmd(manifest, requeued)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for(requeued / "checkpoints/step_0000020.pt")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "on node2 in slurm job 4242" in held.read_text()  # left behind, another node's
+    resumed = subprocess.run(_on_host("node3", _train_cmd(manifest, requeued)), env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "was an earlier run of this SLURM job (requeued); taking it over" in resumed.stderr
+    assert not held.exists()
+    a = torch.load(straight / "model.pt", weights_only=True)["model"]
+    b = torch.load(requeued / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the weights of an uninterrupted run
+    evals = lambda path: [(r["step"], r["eval_loss"]) for r in _rows(path) if r["eval_loss"]]
+    assert evals(requeued / "metrics.csv") == evals(straight / "metrics.csv")
 
 
 @pytest.mark.reliability
@@ -551,7 +730,9 @@ def test_raising_steps_extends_a_finished_run(tiny_run, tmp_path):
     params = TrainParams(**config["train"])
     for row in rows[len(first):]:  # the lr of the row's last step: warmup from min_lr, then the schedule
         assert float(row["lr"]) == pytest.approx(params.lr * lr_factor(int(row["step"]) - 1, params, 20), rel=1e-5)
-    assert lr_factor(20, params, 20) == pytest.approx(0.1 + 0.9 / 5) and lr_factor(24, params, 20) == 1.0
+    # the added 20 steps: 5 warmup steps from min_lr (the first at 0.1 + 0.9 / 6), the peak at step 25, the floor at 39
+    assert lr_factor(20, params, 20) == pytest.approx(0.1 + 0.9 / 6) and lr_factor(25, params, 20) == 1.0
+    assert lr_factor(39, params, 20) == pytest.approx(0.1)
     report = json.loads((tmp_path / "results/eval_tiny.json").read_text())
     assert (report["train_steps"], report["selected"]) == (40, "final")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

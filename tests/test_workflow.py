@@ -89,6 +89,14 @@ def test_bad_values_name_the_key(config, key):
         check_config(config)
 
 
+def test_the_torch_floor_is_the_one_the_code_needs():
+    """torch.optim.Muon arrived in 2.9: pyproject's lower bound is gpt2.optim's, which `make test-floor` tests."""
+    from gpt2.optim import TORCH_FLOOR
+
+    assert re.fullmatch(rf"torch>={re.escape(TORCH_FLOOR)},<=[\d.]+", _pins()["torch"])
+    assert "test-floor" in (ROOT / ".ci/run").read_text()
+
+
 @pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
 def test_conda_envs_mirror_pyproject_pins(env):
     spec = yaml.safe_load(env.read_text())
@@ -154,6 +162,7 @@ def test_reference_defaults_only_on_request_and_reference_names_as_aliases():
     params, arch = settings_from(TrainParams, args), settings_from(Architecture, args)
     for key, value in REFERENCE_DEFAULTS.items():
         assert getattr(params if hasattr(params, key) else arch, key) == value, key
+    assert (params.optimizer, params.schedule) == ("adamw", "cosine")  # the reference's recipe, not our defaults
     aliased = build_parser().parse_args(["train", "--shards", some_file, "--total_steps", "7", "--base_lr", "0.5",
                                          "--batch_train", "2", "--wd_rate", "0", "--eval_steps", "3",
                                          "--save_steps", "4", "--use_amp", "--use_grad_ckpt"])

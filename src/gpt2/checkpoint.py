@@ -92,11 +92,14 @@ def holding(folder: Path) -> Iterator[None]:
 
     The lock is `flock` on `.lock`; on file systems without it (Lustre and NFS mounts without
     flock support answer ENOSYS, EOPNOTSUPP or ENOLCK) it is the file `.lock.held`, created
-    exclusively, naming its holder; one left by a process that is gone (same host) is taken over.
+    exclusively, naming its holder, its mtime a lease that a thread renews while the run lives. One left
+    behind is taken over when its process is gone (same host), when it names this SLURM job (a requeued
+    job runs again, on any node, after SLURM killed the first run) or when its lease ran out (a dead node).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    job = f" in slurm job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+    holder = f"pid {os.getpid()} on {socket.gethostname()}{job} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
     with open(folder / ".lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,8 +118,10 @@ def holding(folder: Path) -> Iterator[None]:
         fh.write(holder + "\n")
         fh.flush()
         remove_stale_temps(folder, RUN_FILES)
+        lease = _Lease(lock) if lock is not None else contextlib.nullcontext()
         try:
-            yield
+            with lease:
+                yield
         finally:
             fh.truncate(0)
             if lock is not None:
@@ -124,6 +129,29 @@ def holding(folder: Path) -> Iterator[None]:
 
 
 NO_FLOCK = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)
+# A .lock.held whose mtime is older than LEASE_S belongs to a run that is gone (its node died, or it was
+# killed before it could remove the file): the live holder renews the mtime every RENEW_S.
+LEASE_S, RENEW_S = 600.0, 30.0
+
+
+class _Lease:
+    """Renews a lock file's mtime every RENEW_S in a daemon thread until the block ends."""
+
+    def __init__(self, lock: Path):
+        self.lock, self.done = lock, threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+
+    def _renew(self) -> None:
+        while not self.done.wait(RENEW_S):
+            with contextlib.suppress(OSError):  # a network mount's hiccup: the next renewal tries again
+                os.utime(self.lock)
+
+    def __enter__(self) -> None:
+        self.thread.start()
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _refuse(folder: Path, holder: str) -> None:
@@ -132,33 +160,86 @@ def _refuse(folder: Path, holder: str) -> None:
 
 
 def _hold_by_file(lock: Path, holder: str) -> Path:
-    """Create `lock` exclusively with `holder` in it; take it over when it names a dead process of this host."""
-    for _ in range(2):
-        try:
-            with open(lock, "x") as fh:
-                fh.write(holder + "\n")
+    """Create `lock` exclusively with `holder` in it, or take over one whose holder is gone (_takeover_reason).
+
+    Two starters that find the same dead holder must not both win: a takeover happens only inside the
+    exclusively created `.lock.takeover`, and only while `lock` still names the holder found dead."""
+    for _ in range(3):
+        if _create(lock, holder):
             return lock
-        except FileExistsError:
-            held = lock.read_text().strip()
-            if not _holder_is_gone(held):
-                _refuse(lock.parent, held)
-            print(f"{lock}: its holder ({held}) is gone; taking it over", file=sys.stderr)
+        held = _read(lock)
+        reason = _takeover_reason(held, lock)
+        if reason is None:
+            _refuse(lock.parent, held)
+        with _takeover_guard(lock):
+            if _read(lock) != held:  # another starter took it over (or it was released) meanwhile
+                continue
+            print(f"{lock}: its holder ({held}) {reason}; taking it over", file=sys.stderr)
             lock.unlink(missing_ok=True)
-    _refuse(lock.parent, lock.read_text().strip())
+            if _create(lock, holder):
+                return lock
+    _refuse(lock.parent, _read(lock))
 
 
-def _holder_is_gone(held: str) -> bool:
-    """`pid N on HOST ...` names a process of this host that no longer runs (another host's: unknown, kept)."""
-    match = re.match(r"pid (\d+) on (\S+) ", held)
-    if not match or match[2] != socket.gethostname():
-        return False
+def _create(lock: Path, holder: str) -> bool:
     try:
-        os.kill(int(match[1]), 0)
-    except ProcessLookupError:
+        with open(lock, "x") as fh:
+            fh.write(holder + "\n")
         return True
-    except PermissionError:
+    except FileExistsError:
         return False
-    return False
+
+
+def _read(lock: Path) -> str:
+    try:
+        return lock.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+@contextlib.contextmanager
+def _takeover_guard(lock: Path) -> Iterator[None]:
+    """Exclusive for one starter at a time; a guard older than a minute was left by a starter that died in it."""
+    guard = lock.with_name(".lock.takeover")
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - guard.stat().st_mtime > 60:
+            guard.unlink()
+    if not _create(guard, str(os.getpid())):
+        _refuse(lock.parent, "another run is taking the folder over right now")
+    try:
+        yield
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def _takeover_reason(held: str, lock: Path) -> str | None:
+    """Why the holder named in `lock` (`pid N on HOST [in slurm job J] since ...`) is gone, or None if it may
+    live: a process of this host that no longer runs, an earlier run of this SLURM job, a lease run out."""
+    match = re.match(r"pid (\d+) on (\S+)(?: in slurm job (\S+))? since ", held)
+    if not match:
+        return "names no process" if held else "is being written or was cut short"
+    pid, host, job = int(match[1]), match[2], match[3]
+    if job is not None and job == os.environ.get("SLURM_JOB_ID") and pid != os.getpid():
+        return "was an earlier run of this SLURM job (requeued)"
+    if host == socket.gethostname() and not _runs(pid):
+        return "is gone"
+    try:
+        idle = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return "released it"
+    if idle > LEASE_S:
+        return f"let its lease run out ({idle:,.0f} s without renewal, more than {LEASE_S:,.0f} s)"
+    return None
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_training(path: Path) -> dict:

@@ -175,6 +175,10 @@ COMMANDS = {
         VOCAB, Arg("output", "also write the JSON report here"),
         Arg("name", "model name in the report (default: the model's folder)", str, default="")),
         (EvaluateParams, BaselineParams, Hardware), checks_architecture=True),
+    "fetch-hf": Command("gpt2.evaluate:fetch_hf", "a hub model (weights, config, tokenizer) into a folder, for "
+                        "evaluate --hf where there is no network (a cluster's compute nodes)", (
+        Arg("hf", "the hub id, e.g. gpt2 or openai-community/gpt2-medium", str, required=True),
+        Arg("out", "the folder to write", required=True))),
     "generate": Command("gpt2.generate:generate_command", "complete prompts (interactive without --prompt)", (
         MODEL, NEEDS_VOCAB,
         Arg("prompt", "a prompt (repeat for several); none: read prompts from stdin", str,

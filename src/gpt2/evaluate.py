@@ -13,10 +13,13 @@ their tokenizers.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
 import json
 import math
 import platform
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from gpt2 import UserError, checkpoint
 from gpt2.device import autocast, precision_name, resolve_device, set_threads, use_bf16
-from gpt2.files import atomic_path
+from gpt2.files import atomic_dir, atomic_path
 from gpt2.model import GPT
 from gpt2.params import BaselineParams, EvaluateParams, Hardware
 from gpt2.shards import TokenStream, check_vocab, manifest_for, text_documents, text_stream
@@ -243,6 +246,45 @@ def load_hf(name: str, device: torch.device):
     return model.eval(), tokenizer
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+# What a causal LM and its tokenizer need; no pickled weights (*.bin) when safetensors exist, no code.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+SOURCE = "source.json"  # in a fetched folder: the hub id and revision it came from
+
+
+def fetch_hf(hf: str, out: Path) -> None:
+    """`python -m gpt2 fetch-hf`: a hub model's weights, config and tokenizer into `out`, with source.json naming
+    the hub id and the revision; on a cluster this runs on the login node, so compute nodes need no network.
+    Offline (HF_HUB_OFFLINE=1) it copies the model from the Hugging Face cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if not HUB_ID.fullmatch(hf):
+        raise UserError(f"--hf {hf!r} is not a hub id (name or owner/name: letters, digits, . _ -)")
+    try:
+        snapshot = Path(snapshot_download(hf, allow_patterns=HUB_FILES))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise UserError(f"--hf {hf} could not be fetched: {str(exc).splitlines()[0][:160]} -- it needs the network "
+                        "(run it on a login node), or the model in the Hugging Face cache (HF_HOME)") from None
+    with atomic_dir(out, "fetch-hf") as staging:
+        for path in sorted(snapshot.rglob("*")):
+            # offline, the cache's whole snapshot comes back: keep HUB_FILES; its files link to blobs: copy bytes
+            if path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in HUB_FILES):
+                (staging / path.relative_to(snapshot)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, staging / path.relative_to(snapshot))
+        (staging / SOURCE).write_text(json.dumps({"hf": hf, "revision": snapshot.name}, indent=2) + "\n")
+    print(f"fetched {hf} (revision {snapshot.name}) into {out}", file=sys.stderr)
+
+
+def hf_source(name: str, model) -> tuple[str, str | None]:
+    """(hub id, revision) a model came from: a fetch-hf folder's source.json, else what transformers knows."""
+    source = Path(name) / SOURCE
+    if source.is_file():
+        saved = json.loads(source.read_text())
+        return saved["hf"], saved["revision"]
+    return name, getattr(model.config, "_commit_hash", None)
+
+
 def context_of(model) -> int:
     """The model's context length, from its config."""
     for key in ("n_positions", "max_position_embeddings"):
@@ -300,7 +342,8 @@ def evaluate_hf(name: str, label: str, text: tuple[Path, int | None], params: Ev
     total = sum(p.numel() for p in model.parameters())
     positions = getattr(model.base_model, "wpe", None)  # GPT-2's learned positions; rotary models have none
     embedding = model.get_input_embeddings().weight.numel() + (positions.weight.numel() if positions else 0)
-    return {"model": label or Path(name).name, "hf": name, "revision": getattr(model.config, "_commit_hash", None),
+    hub_id, revision = hf_source(name, model)
+    return {"model": label or Path(hub_id).name, "hf": hub_id, "revision": revision,
             "params": {"non_embedding": total - embedding, "total": total}, "seq_len": context, "stride": stride,
             "vocab_size": len(tokenizer), "eval_tokens": count, "loss": loss, "perplexity": math.exp(loss),
             "bits_per_token": loss / math.log(2), "bits_per_byte": nll / math.log(2) / n_bytes if whole else None,

@@ -21,6 +21,7 @@ import yaml
 from gpt2.checkpoint import load_model
 from gpt2.files import atomic_dir
 from gpt2.model import GPT, GPTConfig
+from gpt2.optim import warmup_steps
 from gpt2.vocab import BOS, ENDOFTEXT, EOS, PAD, UNK, is_bpe, load_tokenizer
 
 
@@ -85,7 +86,7 @@ TOKENIZERS = {  # (name in the card, what it does) per kind
 def _warmup(train: dict) -> str:
     """The warmup of a saved train_config (warmup_steps before warmup_ratio replaced it)."""
     if "warmup_ratio" in train:
-        return f"{round(train['warmup_ratio'] * train['steps'])} ({train['warmup_ratio']:g} of the steps)"
+        return f"{warmup_steps(train['warmup_ratio'], train['steps'])} ({train['warmup_ratio']:g} of the steps)"
     return str(train["warmup_steps"])
 
 

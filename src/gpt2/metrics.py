@@ -15,15 +15,16 @@ if TYPE_CHECKING:
 
 # tokens_per_second, mfu and data_wait are over the wall time since the previous row: evaluation,
 # checkpoints and data loading included. data_wait is the share of it spent waiting for batches.
-# lr is train.lr's (AdamW's) at the step; optimizer and schedule name the run's recipe on every row.
-METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_second", "grad_norm", "mfu", "data_wait",
+# lr is train.lr's (AdamW's group) and muon_lr train.muon_lr's (empty under adamw) at the row's last step;
+# optimizer and schedule name the run's recipe on every row.
+METRICS = ["step", "tokens", "train_loss", "eval_loss", "lr", "muon_lr", "tokens_per_second", "grad_norm", "mfu", "data_wait",
            "optimizer", "schedule"]
 
 
 class MetricsLog:
     """metrics.csv rows and TensorBoard scalars as training goes; on resume, steps past the checkpoint go."""
 
-    SCALARS = {"train_loss": "loss/train", "eval_loss": "loss/valid", "lr": "lr", "tokens_per_second": "tokens_per_s",
+    SCALARS = {"train_loss": "loss/train", "eval_loss": "loss/valid", "lr": "lr", "muon_lr": "lr/muon", "tokens_per_second": "tokens_per_s",
                "grad_norm": "grad_norm", "mfu": "mfu", "data_wait": "data_wait"}
 
     def __init__(self, path: Path, tensorboard: Path, resume_step: int, recipe: dict[str, str]):

@@ -7,53 +7,94 @@ the output layer shares, norms, biases). The architecture stays GPT-2's, so the 
 
 train.schedule: linear warmup over warmup_ratio of the steps, then cosine decay, or
 warmup-stable-decay (wsd: the peak until the last decay_ratio of the steps, then a linear decay);
-both end at lr x min_lr_ratio.
+the last step that runs takes lr x min_lr_ratio.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import fields
 
 import torch
+from torch import nn
 
-from gpt2.model import GPT
+from gpt2 import UserError
 from gpt2.params import TrainParams
+
+# The oldest torch this module runs on: torch.optim.Muon arrived in 2.9. pyproject.toml and envs/*.yaml
+# declare the same floor (tests/test_workflow.py), and `make test-floor` runs the training tests on it.
+TORCH_FLOOR = "2.9"
+
+
+def _check_torch() -> None:
+    """One line naming the fix where this torch lacks Muon, or changed the private hook SplitMuon extends."""
+    muon = getattr(torch.optim, "Muon", None)
+    if muon is None:
+        raise UserError(f"torch {torch.__version__} has no torch.optim.Muon: this project needs torch >= "
+                        f"{TORCH_FLOOR} (pip install 'torch>={TORCH_FLOOR}')")
+    hook = list(inspect.signature(getattr(muon, "_init_group", lambda: None)).parameters)
+    if hook != ["self", "group", "params_with_grad", "grads", "muon_momentum_bufs"]:
+        raise UserError(f"torch {torch.__version__} changed Muon's private _init_group({', '.join(hook)}), which "
+                        "gpt2.optim.SplitMuon extends; use a torch from 2.9 to 2.14 (the range pyproject.toml "
+                        "allows) or update SplitMuon")
+
+
+_check_torch()
 
 
 def lr_factor(step: int, params: TrainParams, start: int = 0) -> float:
-    """The peak lr's multiplier at `step`: warmup to 1, then the schedule's decay to min_lr_ratio at the last step.
+    """The peak lr's multiplier for 0-based `step`: warmup towards 1, the schedule, and min_lr_ratio at the
+    last step that runs (steps - 1).
 
-    `start` > 0 is where an extended run's added steps begin: their warmup
-    starts from min_lr_ratio, where the finished run left off.
+    Warmup's steps all run below the peak ((i + 1) / (warmup + 1)), the first at the peak follows them.
+    `start` > 0 is where an extended run's added steps begin: their warmup starts from min_lr_ratio,
+    where the finished run left off.
     """
     low, end = (params.min_lr_ratio if start else 0.0), params.min_lr_ratio
-    step, span = step - start, params.steps - start
-    warmup = warmup_steps(params, span)
+    step, last = step - start, params.steps - start - 1
+    warmup = warmup_steps(params.warmup_ratio, last + 1)
+    if step >= last:
+        return end
     if step < warmup:
-        return low + (1 - low) * (step + 1) / warmup
+        return low + (1 - low) * (step + 1) / (warmup + 1)
+    peak_until = max(warmup, last - decay_steps(params.decay_ratio, last + 1)) if params.schedule == "wsd" else warmup
+    progress = max(step - peak_until, 0) / (last - peak_until)  # 0 at the peak's last step, 1 at `last`
     if params.schedule == "wsd":
-        decay_from = max(warmup, span - round(params.decay_ratio * span))
-        progress = (step - decay_from) / max(1, span - decay_from)
-        return 1 - (1 - end) * min(max(progress, 0.0), 1.0)
-    progress = (step - warmup) / max(1, span - warmup)
-    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1 - (1 - end) * progress
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def warmup_steps(params: TrainParams, span: int) -> int:
-    """Warmup steps of a schedule over `span` steps: warmup_ratio of them, rounded."""
-    return round(params.warmup_ratio * span)
+def warmup_steps(warmup_ratio: float, span: int) -> int:
+    """Warmup steps (below the peak) of a schedule over `span` steps: warmup_ratio of them, rounded, at least
+    one when warmup_ratio > 0, and never the last step, which takes the end lr."""
+    if warmup_ratio == 0:
+        return 0
+    return min(max(1, round(warmup_ratio * span)), span - 1)
 
 
-def is_hidden_matrix(name: str, p: torch.nn.Parameter) -> bool:
-    """The blocks' linear weights: decayed by AdamW, orthogonalised by Muon (embeddings, norms, biases are not)."""
-    return p.dim() == 2 and not name.startswith(("wte", "wpe"))
+def decay_steps(decay_ratio: float, span: int) -> int:
+    """wsd: the steps after the peak's last, down to the end lr at the last step: decay_ratio of them, >= 1."""
+    return max(1, round(decay_ratio * span))
 
 
-def param_groups(model: GPT, weight_decay: float) -> list[dict]:
+def hidden_matrices(model: nn.Module) -> dict[int, str]:
+    """The blocks' linear weights, by id: decayed by AdamW, orthogonalised by Muon, "qkv" for the fused q, k, v
+    projection (three matrices), else "matrix". Chosen by module type, not by name, so a torch.compile'd
+    (`_orig_mod.`) or DDP-wrapped (`module.`) model splits the same; the embeddings (which the output
+    layer shares), norms and biases are not hidden matrices."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    qkv = {id(m.qkv.weight) for m in model.modules() if hasattr(m, "qkv")}
+    return {id(m.weight): "qkv" if id(m.weight) in qkv else "matrix"
+            for m in model.modules() if isinstance(m, nn.Linear) and id(m.weight) not in embeddings}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW's groups: decay the hidden matrices only; norms, biases and embeddings are left alone."""
+    hidden = hidden_matrices(model)
     decay, plain = [], []
-    for name, p in model.named_parameters():
-        (decay if is_hidden_matrix(name, p) else plain).append(p)
+    for p in model.parameters():
+        (decay if id(p) in hidden else plain).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
@@ -93,8 +134,19 @@ class SplitMuon(torch.optim.Muon):
                 update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
                 update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
+                p.add_(update, alpha=-adjusted_lr(group["lr"], group["adjust_lr_fn"], p.shape))
         return None
+
+
+def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """Muon's lr for a (rows, cols) matrix, by torch's two rules: "original" (None) scales by sqrt(max(1,
+    rows / cols)), "match_rms_adamw" by 0.2 sqrt(max(rows, cols)) (an update of AdamW's RMS)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn in (None, "original"):
+        return lr * max(1.0, rows / cols) ** 0.5
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * max(rows, cols) ** 0.5
+    raise ValueError(f"Muon's adjust_lr_fn {adjust_lr_fn!r} is not one of None, 'original', 'match_rms_adamw'")
 
 
 def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
@@ -134,17 +186,43 @@ class Optimizers(torch.optim.Optimizer):
         self.param_groups = [g for part in self.parts for g in part.param_groups]
 
 
-def build_optimizer(model: GPT, params: TrainParams, fused: bool, bf16: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, params: TrainParams, fused: bool, bf16: bool = True) -> torch.optim.Optimizer:
     """AdamW over every parameter, or Muon (hidden matrices) with AdamW (the rest); each group has its own lr.
 
     bf16: the device multiplies bf16 natively, where Muon's orthogonalisation runs in it (else in fp32)."""
     adamw = dict(betas=(params.beta1, params.beta2), fused=fused)
     if params.optimizer == "adamw":
         return torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr, **adamw)
-    qkv, matrices, rest = [], [], []
-    for name, p in model.named_parameters():
-        bucket = rest if not is_hidden_matrix(name, p) else qkv if name.endswith("attn.qkv.weight") else matrices
-        bucket.append(p)
-    muon = SplitMuon([{"params": qkv, "split": 3}, {"params": matrices, "split": 1}], lr=params.muon_lr,
-                     momentum=params.muon_momentum, weight_decay=params.muon_weight_decay, bf16=bf16)
-    return Optimizers(muon, torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}], lr=params.lr, **adamw))
+    hidden = hidden_matrices(model)
+    buckets: dict[str, list] = {"qkv": [], "matrix": [], "rest": []}
+    for p in model.parameters():
+        buckets[hidden.get(id(p), "rest")].append(p)
+    muon = SplitMuon([{"params": buckets["qkv"], "split": 3}, {"params": buckets["matrix"], "split": 1}],
+                     lr=params.muon_lr, momentum=params.muon_momentum, weight_decay=params.muon_weight_decay,
+                     bf16=bf16)
+    return Optimizers(muon, torch.optim.AdamW([{"params": buckets["rest"], "weight_decay": 0.0}], lr=params.lr,
+                                              **adamw))
+
+
+def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float | None]:
+    """The lrs the next step uses: train.lr's (AdamW's group; with muon, the embeddings, norms and biases) and
+    train.muon_lr's (None under adamw)."""
+    if isinstance(optimizer, Optimizers):
+        muon, adamw = optimizer.parts
+        return {"lr": adamw.param_groups[0]["lr"], "muon_lr": muon.param_groups[0]["lr"]}
+    return {"lr": optimizer.param_groups[0]["lr"], "muon_lr": None}
+
+
+# What each optimizer leaves unused: a key set away from its default there does nothing.
+IDLE = {"muon": ("weight_decay",), "adamw": ("muon_lr", "muon_momentum", "muon_weight_decay")}
+MOVES = {"weight_decay": "muon_weight_decay decays the blocks' 2-D weights under muon",
+         "muon_lr": "train.lr moves every weight under adamw", "muon_momentum": "adamw has beta1 and beta2",
+         "muon_weight_decay": "train.weight_decay decays the 2-D weights under adamw"}
+
+
+def idle_settings(params: TrainParams) -> list[str]:
+    """Warnings for the settings that were set (differ from their defaults) but the chosen optimizer ignores."""
+    defaults = {f.name: f.default for f in fields(TrainParams)}
+    return [f"warning: train.{key} = {getattr(params, key):g} has no effect with train.optimizer "
+            f"{params.optimizer} ({MOVES[key]})"
+            for key in IDLE[params.optimizer] if getattr(params, key) != defaults[key]]

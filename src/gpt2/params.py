@@ -182,7 +182,8 @@ class TrainParams(Hardware):
     micro_batch: int = param(4, "sequences per forward pass per process; accumulation fills the batch", minimum=1,
                              aliases=("--batch_train",))
     batch_eval: int = param(16, "sequences per forward pass in the periodic evaluation", minimum=1)
-    lr: float = param(0.0015, "peak learning rate", above=0, aliases=("--base_lr",), trajectory=True)
+    lr: float = param(0.0015, "peak learning rate of every weight under adamw; under muon of the embeddings, "
+                              "norms and biases only (muon_lr moves the blocks' 2-D weights)", above=0, aliases=("--base_lr",), trajectory=True)
     min_lr_ratio: float = param(0.1, "the schedule's decay ends at lr x this (muon_lr x this)", minimum=0,
                                 maximum=1, trajectory=True)
     schedule: Literal["cosine", "wsd"] = param("wsd", "after warmup: cosine decay, or wsd (warmup-stable-decay: "
@@ -203,7 +204,7 @@ class TrainParams(Hardware):
     init_prior: bool = param(True, "start the untrained model at the train split's unigram distribution instead "
                                    "of uniform (saves the first ~100 steps on small budgets)", trajectory=True)
     weight_decay: float = param(0.1, "adamw: weight decay of the blocks' 2-D weights (norms, biases and "
-                                     "embeddings are not decayed)", minimum=0, aliases=("--wd_rate",),
+                                     "embeddings are not decayed); no effect under muon (muon_weight_decay)", minimum=0, aliases=("--wd_rate",),
                                 trajectory=True)
     beta1: float = param(0.9, "AdamW beta1", minimum=0, below=1, trajectory=True)
     beta2: float = param(0.95, "AdamW beta2", minimum=0, below=1, trajectory=True)
@@ -227,6 +228,9 @@ class TrainParams(Hardware):
     nodes: int = param(1, "> 1 (SLURM): one task per node, each a torchrun of `gpus` processes, rendezvous on "
                           "the first node", minimum=1,
                        maximum=4096, where="config")
+    gpu_model: str = param("", "SLURM: the GPU type the cluster names (h100, a100, ...), asked for with the GPU "
+                               "count (gpu:h100:4 per node across nodes); empty: any GPU", pattern="^[A-Za-z0-9_.]*$",
+                           where="config")
     mem_mb: int = param(0, "host memory per node for schedulers (SLURM), MB; 0: computed from the model's shape "
                            "and the GPUs per node (docs/training.md, Memory)", minimum=0, where="config")
     runtime: int = param(60, "minutes per job for schedulers (SLURM)", minimum=1, where="config")
@@ -297,10 +301,11 @@ SECTIONS: dict[str, type] = {"dump": DumpParams, "corpus": CorpusParams, "shards
                              "downstream": DownstreamParams}
 
 # The reference GPT-2 repo's defaults, applied only with `--reference_defaults`.
-# batch_tokens 0: the reference has no gradient accumulation.
+# batch_tokens 0: the reference has no gradient accumulation; its recipe is AdamW with a cosine decay.
 REFERENCE_DEFAULTS = {"seq_len": 64, "layers": 12, "heads": 16, "dims": 1024, "dropout": 0.1, "micro_batch": 64,
                       "batch_tokens": 0, "batch_eval": 64, "lr": 1e-4, "weight_decay": 1e-2, "steps": 1_000_000,
-                      "eval_every": 500, "checkpoint_every": 1000, "init_prior": False}
+                      "eval_every": 500, "checkpoint_every": 1000, "init_prior": False,
+                      "optimizer": "adamw", "schedule": "cosine"}
 
 
 # --- reading the declarations ----------------------------------------------------

@@ -21,7 +21,7 @@ from gpt2.device import half_dtype, native_bf16, peak_flops, use_bf16
 from gpt2.distributed import Dist, restore_rng, rng_states
 from gpt2.evaluate import unigram_logprobs
 from gpt2.model import GPT, GPTConfig
-from gpt2.optim import build_optimizer, lr_factor
+from gpt2.optim import build_optimizer, idle_settings, lr_factor
 from gpt2.params import TrainParams, accumulation, trajectory_keys
 from gpt2.shards import TokenStream, check_vocab
 
@@ -105,6 +105,8 @@ def setup(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
     bf16 = use_bf16(params.amp, env.device)
     peak, source = peak_flops(env.device, bf16)
     if env.main:
+        for warning in idle_settings(params):
+            print(warning, file=sys.stderr)
         print(f"MFU against {'n/a' if peak is None else f'{peak / 1e12:,.3f} TFLOP/s'} ({source})", file=sys.stderr)
     return Run(params, model_cfg, outputs, env, batches, TokenStream(shards, "valid"), accum, bf16, peak)
 

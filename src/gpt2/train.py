@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,6 +35,7 @@ from gpt2.files import atomic_path, remove_stale_temps
 from gpt2.launch import relaunch_under_torchrun, require_gpus
 from gpt2.metrics import Meter, MetricsLog
 from gpt2.model import GPT, GPTConfig
+from gpt2.optim import current_lrs
 from gpt2.params import Architecture, TrainParams
 from gpt2.run_state import Outputs, Run, TrainState, build_state, data_budget, resume, setup
 from gpt2.shards import manifest_for
@@ -46,6 +49,41 @@ def compiled(run: Run, model: GPT):
     return net
 
 
+class StopRequest:
+    """SIGTERM (a SLURM time limit or preemption, scancel, a Ctrl-C'd Snakemake) asks the run to stop: after
+    the step in progress it logs a row, checkpoints and ends with an error, through every `finally`, so the
+    folder is released and a requeued or restarted job resumes from that step. A second SIGTERM stops at once."""
+
+    def __init__(self, env):
+        self.env, self.requested, self.previous = env, False, None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise UserError("stopped by a second SIGTERM before the step in progress ended; the newest checkpoint "
+                            "is kept: run again to resume from it")
+        self.requested = True
+
+    def agreed(self, due: bool) -> bool:
+        """Stop now? One process asks its flag after every step; several agree (any rank's flag) on the steps
+        that log or checkpoint, which every rank reaches together, so they stop at the same step."""
+        if self.env.world == 1:
+            return self.requested
+        if not due:
+            return False
+        flag = torch.tensor(float(self.requested), device=self.env.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 # --- one step, one log row, one checkpoint -------------------------------------------
 
 
@@ -57,9 +95,9 @@ def micro_slices(run: Run) -> list[slice]:
 
 
 def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tensor]
-               ) -> tuple[torch.Tensor, torch.Tensor, float]:
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float | None]]:
     """One optimizer step over this process's micro-batches: (mean loss, gradient norm) as device tensors,
-    which nothing reads before a log step (as in nanoGPT), and the lr used."""
+    which nothing reads before a log step (as in nanoGPT), and the lrs used (optim.current_lrs)."""
     env, p = run.env, run.params
     loss_sum = torch.zeros((), device=env.device)
     for micro, host in enumerate(micro_batches):
@@ -72,13 +110,13 @@ def train_step(run: Run, net, state: TrainState, micro_batches: list[torch.Tenso
     state.scaler.unscale_(state.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), p.grad_clip)
     train_loss = all_mean(loss_sum, env)
-    lr = state.optimizer.param_groups[-1]["lr"]  # train.lr's group (AdamW's; with muon, muon_lr's comes first)
+    lrs = current_lrs(state.optimizer)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.step, state.tokens = state.step + 1, state.tokens + p.batch_tokens
-    return train_loss, grad_norm, lr
+    return train_loss, grad_norm, lrs
 
 
 def check_finite(run: Run, state: TrainState, meter: Meter) -> None:
@@ -97,14 +135,14 @@ def mfu(run: Run, state: TrainState, tokens_per_second: float) -> float | None:
     return tokens_per_second / run.env.world * state.model.flops_per_token() / run.peak_flops
 
 
-def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lr: float,
+def metrics_row(run: Run, state: TrainState, meter: Meter, now: float, lrs: dict[str, float | None],
                 writer: checkpoint.Writer) -> dict:
     """A metrics.csv row for the steps since the last one; the held-out loss too when it is due."""
     p = run.params
     rate, waiting = meter.rate(state, now)
     utilisation = mfu(run, state, rate)
     row = {"step": state.step, "tokens": state.tokens, "train_loss": f"{meter.loss():.6f}",
-           "eval_loss": "", "lr": f"{lr:.6g}", "grad_norm": f"{float(meter.grad_norm):.4f}", "tokens_per_second": f"{rate:.1f}",
+           "eval_loss": "", **{k: "" if v is None else f"{v:.6g}" for k, v in lrs.items()}, "grad_norm": f"{float(meter.grad_norm):.4f}", "tokens_per_second": f"{rate:.1f}",
            "mfu": "" if utilisation is None else f"{utilisation:.4f}", "data_wait": f"{waiting:.4f}"}
     if run.env.main and (state.step % p.eval_every == 0 or state.step == p.steps):
         nll, count = stream_nll(state.model, run.valid, run.model_cfg.seq_len, p.batch_eval, run.env.device,
@@ -170,16 +208,17 @@ def train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPar
     set_threads(params.threads)
     env = init_distributed(params.device)
     try:
-        with checkpoint.holding(outputs.checkpoints) if env.main else contextlib.nullcontext():
+        with (checkpoint.holding(outputs.checkpoints) if env.main else contextlib.nullcontext(),
+              StopRequest(env) as stop):
             if env.main:
                 remove_stale_temps(outputs.model.parent, checkpoint.RUN_FILES)
-            return _train(Path(shards), outputs, model_cfg, params, env, resume_from, init_from, on_step)
+            return _train(Path(shards), outputs, model_cfg, params, env, stop, resume_from, init_from, on_step)
     finally:
         if env.world > 1:
             dist.destroy_process_group()
 
 
-def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainParams, env,
+def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainParams, env, stop: StopRequest,
            resume_from: Path | None, init_from: Path | None, on_step: Callable[[int], None] | None) -> Path | None:
     """The run itself, in the held checkpoint folder."""
     run = setup(Path(shards), outputs, model_cfg, params, env)
@@ -201,23 +240,28 @@ def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPa
     try:
         while state.step < p.steps:
             writer.check()  # a failed checkpoint write stops the run here, not after the last step
-            loss, grad_norm, lr = train_step(run, net, state, feed.next())
+            loss, grad_norm, lrs = train_step(run, net, state, feed.next())
             interval.add(loss, grad_norm, state.scaler.is_enabled())
             bar.update(1)
             last = state.step == p.steps
             logs = state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last
             saves = state.step % p.checkpoint_every == 0 or last
+            stops = stop.agreed(logs or saves)
+            logs, saves = logs or stops, saves or stops
             if logs or saves:
                 check_finite(run, state, interval)
             if logs:
                 now = time.perf_counter()  # the evaluation below counts towards the next row's time
-                row = metrics_row(run, state, interval, now, lr, writer)
+                row = metrics_row(run, state, interval, now, lrs, writer)
                 if env.main:
                     metrics.append(row)
                     bar.set_postfix(loss=row["train_loss"], eval=row["eval_loss"] or "-")
                 interval = Meter(state, feed, start=now)
             if saves:
                 save_checkpoint(run, state, writer)
+            if stops:
+                raise UserError(f"stopped by SIGTERM after step {state.step} of {p.steps}; its checkpoint is in "
+                                f"{outputs.checkpoints}: run again (or let SLURM requeue the job) to resume there")
             if on_step is not None:
                 on_step(state.step)
             loop = loop or Meter(state, feed)
