@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -52,8 +55,16 @@ def _fmt(value) -> str:
 
 
 def machine() -> dict:
+    """What a timing depends on: the CPU's model name and vector flags (lscpu's), torch's kernel path, threads."""
+    cpu, flags = platform.processor() or platform.machine(), []
+    with contextlib.suppress(OSError):
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = re.search(r"^model name\s*:\s*(.+)$", info, re.M)[1].strip()
+        flags = sorted({f for f in re.search(r"^flags\s*:(.*)$", info, re.M)[1].split()
+                        if f.startswith(("avx", "amx"))})
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine()}
+            "processor": cpu, "vector_flags": flags, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
 
 
 def write(name: str, result: dict) -> Path:

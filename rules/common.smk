@@ -184,6 +184,15 @@ def baseline_mem_mb(wildcards, input):
     return eval_memory_mb(hf_param_count(input.folder), TRAIN["gpus"] > 0)
 
 
+def baseline_windows():
+    """Our models' windows when scored beside the baselines: baselines.context where our seq_len allows it,
+    baselines.stride or half of that context."""
+    b = config["baselines"]
+    context = min(TRAIN["seq_len"], b["context"] or TRAIN["seq_len"])
+    stride = min(context, b["stride"] or max(1, context // 2))
+    return [f"--context={context}", f"--stride={stride}"]
+
+
 def eval_mem_mb(wildcards):
     return TRAIN["mem_mb"] or eval_memory_mb(model_params(wildcards), TRAIN["gpus"] > 0)
 

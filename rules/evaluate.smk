@@ -28,6 +28,36 @@ rule evaluate:
         " > /dev/null 2> {log:q}"
 
 
+# Ours scored as the baselines are (overlapping windows, results/tables/baselines.csv): each prediction
+# with at least context - stride tokens before it, at the baselines' context where ours allows it.
+rule evaluate_strided:
+    input:
+        model=EVAL_MODEL,
+        manifest="results/shards/manifest.json",
+        train="results/shards/train",
+        test="results/shards/test",
+    output:
+        "results/eval_{model}_strided.json",
+    log:
+        "results/logs/evaluate_strided/{model}.log",
+    benchmark:
+        "results/benchmarks/evaluate_strided/{model}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: TRAIN["threads"]
+    resources:
+        gpu=min(1, TRAIN["gpus"]),
+        mem_mb=eval_mem_mb,
+    params:
+        flags=cli_flags(EvaluateParams, config["evaluate"]),
+        windows=baseline_windows(),
+        hardware=eval_hardware_flags(),
+    shell:
+        "python -m gpt2 evaluate --model_path {input.model:q} --shards {input.manifest:q} --output {output:q}"
+        " --name {wildcards.model:q} {params.flags:q} {params.windows:q} {params.hardware:q}"
+        " --threads {threads:q} > /dev/null 2> {log:q}"
+
+
 # Hub models are downloaded where the network is: on a cluster, the login node.
 localrules:
     fetch_baseline,

@@ -157,6 +157,7 @@ rule downstream_table:
 rule baselines_table:
     input:
         expand("results/eval_{model}.json", model=REPORT_MODELS),
+        expand("results/eval_{model}_strided.json", model=REPORT_MODELS),
         expand("results/baseline_{baseline}.json", baseline=BASELINES),
     output:
         csv=report(

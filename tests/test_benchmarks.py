@@ -65,3 +65,18 @@ def test_the_quality_curve_interpolates_tokens_and_seconds_to_a_loss():
     assert curve.first_reaching(6.0) == (100.0, 1.0) and curve.first_reaching(4.0) == (150.0, 1.5)
     assert curve.first_reaching(2.0) is None
     assert curve.loss_at_seconds(2.5) == 3.0 and curve.loss_at_seconds(0.5) == float("inf")
+
+
+def test_the_quality_sweep_grows_past_an_edge_and_picks_by_validation_only(monkeypatch):
+    """A best lr at the grid's edge is not tuned: the grid doubles past it; the test score never chooses."""
+    import bench_quality
+
+    def fake_run(name, manifest, arch, p):  # validation best at lr 0.012; test best at 0.0015
+        valid = abs(p.lr - 0.012)
+        return {"seed": p.seed, "lr": p.lr, "curve": [(1, 1.0, valid)], "test_bits_per_byte": abs(p.lr - 0.0015)}
+
+    monkeypatch.setattr(bench_quality, "run_one", fake_run)
+    arm = bench_quality.tune("adamw cosine", None, None, bench_quality.TrainParams(), [6e-4, 1.5e-3, 3e-3],
+                             [1, 2, 3])
+    assert [r["lr"] for r in arm["sweep"]] == [6e-4, 1.5e-3, 3e-3, 6e-3, 1.2e-2]
+    assert arm["chosen"] == 1.2e-2 and arm["edge"] and [r["seed"] for r in arm["runs"]] == [1, 2, 3]

@@ -659,6 +659,11 @@ def test_bpe_export_loads_with_autotokenizer_and_generates_cased_text_in_a_pipel
     report = json.loads((bpe_run / "results/eval_tiny.json").read_text())
     manifest = json.loads((bpe_run / "results/shards/manifest.json").read_text())
     assert report["test_bytes"] == manifest["splits"]["test"]["bytes"] and report["bits_per_byte"] > 0
+    assert report["tokenizer_round_trip"] is True  # the byte-level BPE gives the text back
+    proc = gpt2("evaluate", "--hf", str(folder), "--shards", str(bpe_run / "results/shards/manifest.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hf = json.loads(proc.stdout)
+    assert hf["tokenizer_round_trip"] is True and hf["round_trip_failures"] == 0 and "warning" not in proc.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kss") is None, reason="kss is not installed")

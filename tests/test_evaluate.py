@@ -182,21 +182,57 @@ def tiny_export(tiny_run, tmp_path_factory):
     return out
 
 
-def test_our_export_through_hf_gives_our_bits_per_byte(tiny_run, tiny_export, tmp_path):
-    """The --hf path re-encodes the test text with the export's tokenizer: with the same windows (stride =
-    context) it must reach our native bits per byte on the same bytes."""
+@pytest.mark.parametrize("windows", [(), ("--context", "64", "--stride", "16")], ids=["disjoint", "stride-16"])
+def test_our_export_through_hf_gives_our_bits_per_byte(tiny_run, tiny_export, tmp_path, windows):
+    """The --hf path re-encodes the test text with the export's tokenizer: with the same windows (disjoint,
+    or overlapping, which both paths take) it must reach our native bits per byte on the same bytes."""
     ours = json.loads((tiny_run / "results/eval_tiny.json").read_text())
+    if windows:
+        proc = gpt2("evaluate", "--model_path", str(tiny_run / "results/train/tiny/model.pt"), "--shards",
+                    str(tiny_run / "results/shards/manifest.json"), *windows)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        strided = json.loads(proc.stdout)
+        assert (strided["context"], strided["stride"]) == (64, 16) and strided["eval_tokens"] == ours["eval_tokens"]
+        assert strided["loss"] < ours["loss"]  # every prediction sees >= 48 tokens, not 0 to 63
+        ours = strided
+    hf_windows = windows or ("--stride", str(ours["seq_len"]))
     proc = gpt2("evaluate", "--hf", str(tiny_export), "--shards", str(tiny_run / "results/shards/manifest.json"),
-                "--stride", str(ours["seq_len"]), "--output", str(tmp_path / "hf.json"))
+                *hf_windows, "--output", str(tmp_path / "hf.json"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     hf = json.loads((tmp_path / "hf.json").read_text())
-    assert hf["test_bytes"] == ours["test_bytes"] and hf["seq_len"] == ours["seq_len"] == hf["stride"]
+    assert hf["test_bytes"] == ours["test_bytes"] and (hf["context"], hf["stride"]) == (ours["context"],
+                                                                                      ours["stride"])
     assert hf["eval_tokens"] == ours["eval_tokens"] + 1  # also the first token, after the leading end-of-text
     assert hf["bits_per_byte"] == pytest.approx(ours["bits_per_byte"], rel=0.005)
     assert hf["tokens_per_byte"] == pytest.approx(hf["eval_tokens"] / hf["test_bytes"])
     assert hf["params"]["non_embedding"] == ours["params"]["non_embedding"]  # counted alike
+    # WordPiece lowercases and respaces: neither path's bits per byte count only what the model predicted
+    assert ours["tokenizer_round_trip"] is False and hf["tokenizer_round_trip"] is False
+    assert hf["round_trip_failures"] > 0 and "does not give back the text of" in proc.stderr
     for key in ("loss", "perplexity", "bits_per_token", "versions", "device", "precision", "tokens_per_second"):
         assert key in hf, key
+
+
+def test_windows_beyond_the_models_context_are_refused(tiny_run, tiny_export):
+    for model in (("--model_path", str(tiny_run / "results/train/tiny/model.pt")), ("--hf", str(tiny_export))):
+        proc = gpt2("evaluate", *model, "--shards", str(tiny_run / "results/shards/manifest.json"),
+                    "--context", "129")
+        assert proc.returncode == 2 and "--context 129 is more than" in proc.stderr.splitlines()[-1]
+        proc = gpt2("evaluate", *model, "--shards", str(tiny_run / "results/shards/manifest.json"),
+                    "--context", "32", "--stride", "33")
+        assert proc.returncode == 2 and "--stride 33 is more than the scoring context of 32" in proc.stderr
+
+
+def test_hf_nll_scores_in_bounded_chunks_what_the_whole_logits_give():
+    """gpt2-xl's logits for a batch of 16 x 512 scored positions would be 1.6 GB: hf_nll makes them in chunks."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2)).eval()
+    ids = np.random.default_rng(1).integers(0, 50, 40)
+    whole = hf_nll(model, ids, 8, 3, 4, torch.device("cpu"), False, chunk_tokens=10**6)
+    chunked = hf_nll(model, ids, 8, 3, 4, torch.device("cpu"), False, chunk_tokens=5)
+    assert chunked[1] == whole[1] == 39 and chunked[0] == pytest.approx(whole[0], rel=1e-6)
 
 
 def test_a_hub_id_without_network_or_cache_is_one_error(tiny_run, tmp_path):
@@ -261,8 +297,12 @@ def test_a_local_transformers_gpt2_is_a_baseline_in_the_report_table(tiny_run, t
     baseline = json.loads((tiny_run / "results/baseline_random-gpt2.json").read_text())
     assert baseline["hf"] == str(folder) and baseline["stride"] == 32  # half the context
     rows = list(csv.DictReader(open(tiny_run / "results/tables/baselines.csv")))
-    assert [r["model"] for r in rows] == ["tiny", "random-gpt2"] and rows[0]["source"] == "ours"
-    assert rows[0]["test bytes"] == rows[1]["test bytes"]
+    assert [r["model"] for r in rows] == ["tiny", "tiny (stride 64)", "random-gpt2"]
+    assert [r["source"] for r in rows] == ["ours", "ours", str(folder)]
+    assert [(r["context"], r["stride"], r["min context"]) for r in rows] == [
+        ("128", "128", "0"), ("128", "64", "64"), ("64", "32", "32")]  # ours at 128, the baseline's own 64
+    assert rows[0]["test bytes"] == rows[1]["test bytes"] == rows[2]["test bytes"]
+    assert rows[1]["bits/byte"] != rows[0]["bits/byte"] and rows[0]["text round-trips"] == "no"  # WordPiece
     # an untrained model is about uniform over the vocabulary: log2(V) bits per token
-    per_token = float(rows[1]["bits/byte"]) / float(rows[1]["tokens/byte"])
+    per_token = float(rows[2]["bits/byte"]) / float(rows[2]["tokens/byte"])
     assert per_token == pytest.approx(math.log2(len(tokenizer)), rel=0.05)

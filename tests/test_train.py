@@ -382,15 +382,28 @@ def test_without_flock_the_folder_is_held_by_an_exclusive_file(tmp_path, monkeyp
     os.utime(folder / ".lock.held", (expired, expired))
     with checkpoint.holding(folder):
         assert "let its lease run out" in capsys.readouterr().err
-    (folder / ".lock.held").write_text("pid 1 on another-host in slurm job 77 since then\n")
+    (folder / ".lock.held").write_text("pid 1 on another-host in slurm job 77 restart 0 since then\n")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue: whether job 77 still runs is unknown
     monkeypatch.setenv("SLURM_JOB_ID", "78")
-    with pytest.raises(UserError, match="another-host in slurm job 77"):  # another job's
+    with pytest.raises(UserError, match="another-host in slurm job 77"):  # another job's, perhaps live
         with checkpoint.holding(folder):
             pass
-    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job on another node, not requeued: a step beside us
+    with pytest.raises(UserError, match="another-host in slurm job 77"):
+        with checkpoint.holding(folder):
+            pass
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the same job, requeued
     with checkpoint.holding(folder):
         assert "(requeued); taking it over" in capsys.readouterr().err
-        assert f"pid {os.getpid()} on {socket.gethostname()} in slurm job 77 since" in (folder / ".lock.held").read_text()
+        held = (folder / ".lock.held").read_text()
+        assert f"pid {os.getpid()} on {socket.gethostname()} in slurm job 77 restart 1 since" in held
+        (folder / ".lock.held").write_text("pid 1 on another-host since then\n")  # taken over while we stalled
+    assert (folder / ".lock.held").read_text() == "pid 1 on another-host since then\n"  # theirs: kept
+    (folder / ".lock.held").write_text("pid 1 on another-host in slurm job 76 restart 0 since then\n")
+    (tmp_path / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    (tmp_path / "squeue").chmod(0o755)  # Snakemake's retry is a new job; squeue has forgotten job 76
+    with checkpoint.holding(folder):
+        assert "ran in SLURM job 76, which has ended; taking it over" in capsys.readouterr().err
 
 
 @pytest.mark.reliability
@@ -494,6 +507,8 @@ def test_a_setting_the_optimizer_ignores_is_named_in_a_warning():
     assert line.startswith("warning: train.weight_decay = 0.05 has no effect with train.optimizer muon")
     [line] = idle_settings(TrainParams(optimizer="adamw", muon_lr=0.05))
     assert "train.muon_lr = 0.05 has no effect with train.optimizer adamw" in line
+    [line] = idle_settings(TrainParams(schedule="cosine", decay_ratio=0.5))
+    assert "train.decay_ratio = 0.5 has no effect with train.schedule cosine" in line
 
 
 def test_a_torch_without_muon_or_with_another_init_group_is_refused_in_one_line(monkeypatch):
@@ -588,13 +603,14 @@ def test_sigterm_then_a_requeue_on_other_nodes_without_flock_resumes_the_run(tin
     manifest = tiny_run / "results/shards/manifest.json"
     straight, requeued = tmp_path / "straight", tmp_path / "requeued"
     subprocess.run(_train_cmd(manifest, straight), check=True, env=_env(), capture_output=True)
-    env = dict(_env(), PYTHONPATH=f"{ROOT / 'tests/noflock'}:{ROOT / 'src'}", SLURM_JOB_ID="4242")
+    env = dict(_env(), PYTHONPATH=f"{ROOT / 'tests/noflock'}:{ROOT / 'src'}", SLURM_JOB_ID="4242",
+               SLURM_RESTART_COUNT="0")
     held = requeued / "checkpoints/.lock.held"
 
     proc = subprocess.Popen(_on_host("node1", _train_cmd(manifest, requeued)), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(requeued / "checkpoints/step_0000008.pt")
-    assert "pid" in held.read_text() and "on node1 in slurm job 4242 since" in held.read_text()
+    assert "pid" in held.read_text() and "on node1 in slurm job 4242 restart 0 since" in held.read_text()
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=120)[1]
     stopped = int(re.search(r"^error: stopped by SIGTERM after step (\d+) of 24; its checkpoint is in ",
@@ -603,12 +619,14 @@ def test_sigterm_then_a_requeue_on_other_nodes_without_flock_resumes_the_run(tin
     assert (requeued / f"checkpoints/step_{stopped:07d}.pt").exists() and not held.exists()
     assert int(_rows(requeued / "checkpoints/metrics.csv")[-1]["step"]) == stopped  # a row for the stop too
 
+    env["SLURM_RESTART_COUNT"] = "1"  # SLURM requeued the job
     proc = subprocess.Popen(_on_host("node2", _train_cmd(manifest, requeued)), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _wait_for(requeued / "checkpoints/step_0000020.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert "on node2 in slurm job 4242" in held.read_text()  # left behind, another node's
+    assert "on node2 in slurm job 4242 restart 1" in held.read_text()  # left behind, another node's
+    env["SLURM_RESTART_COUNT"] = "2"
     resumed = subprocess.run(_on_host("node3", _train_cmd(manifest, requeued)), env=env, capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -92,13 +93,16 @@ def holding(folder: Path) -> Iterator[None]:
 
     The lock is `flock` on `.lock`; on file systems without it (Lustre and NFS mounts without
     flock support answer ENOSYS, EOPNOTSUPP or ENOLCK) it is the file `.lock.held`, created
-    exclusively, naming its holder, its mtime a lease that a thread renews while the run lives. One left
-    behind is taken over when its process is gone (same host), when it names this SLURM job (a requeued
-    job runs again, on any node, after SLURM killed the first run) or when its lease ran out (a dead node).
+    exclusively (linked into place whole), naming its holder, its mtime a lease that a thread renews while
+    the run lives. One left behind is taken over when its process is gone (same host), when it names an
+    earlier run of this SLURM job (a requeued job runs again, on any node, after SLURM killed the first
+    run), when squeue says its SLURM job ended (Snakemake's retry is a new job), or when its lease ran
+    out (a dead node). The run removes it at the end only while it still names this run.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    job = f" in slurm job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+    job = (f" in slurm job {os.environ['SLURM_JOB_ID']} restart {_restarts()}" if os.environ.get("SLURM_JOB_ID")
+           else "")
     holder = f"pid {os.getpid()} on {socket.gethostname()}{job} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
     with open(folder / ".lock", "a+") as fh:
         try:
@@ -118,13 +122,13 @@ def holding(folder: Path) -> Iterator[None]:
         fh.write(holder + "\n")
         fh.flush()
         remove_stale_temps(folder, RUN_FILES)
-        lease = _Lease(lock) if lock is not None else contextlib.nullcontext()
+        lease = _Lease(lock, holder) if lock is not None else contextlib.nullcontext()
         try:
             with lease:
                 yield
         finally:
             fh.truncate(0)
-            if lock is not None:
+            if lock is not None and _read(lock) == holder:  # taken over meanwhile: the new holder's, kept
                 lock.unlink(missing_ok=True)
 
 
@@ -135,14 +139,18 @@ LEASE_S, RENEW_S = 600.0, 30.0
 
 
 class _Lease:
-    """Renews a lock file's mtime every RENEW_S in a daemon thread until the block ends."""
+    """Renews a lock file's mtime every RENEW_S in a daemon thread until the block ends, while it names us."""
 
-    def __init__(self, lock: Path):
-        self.lock, self.done = lock, threading.Event()
+    def __init__(self, lock: Path, holder: str):
+        self.lock, self.holder, self.done = lock, holder, threading.Event()
         self.thread = threading.Thread(target=self._renew, daemon=True)
 
     def _renew(self) -> None:
         while not self.done.wait(RENEW_S):
+            if _read(self.lock) != self.holder:  # a stall outlived the lease and another run took over
+                print(f"warning: {self.lock} now names another run ({_read(self.lock)}); this run no longer "
+                      "holds the folder: stop it", file=sys.stderr)
+                return
             with contextlib.suppress(OSError):  # a network mount's hiccup: the next renewal tries again
                 os.utime(self.lock)
 
@@ -182,12 +190,25 @@ def _hold_by_file(lock: Path, holder: str) -> Path:
 
 
 def _create(lock: Path, holder: str) -> bool:
+    """`lock` made with `holder` in it, whole: written beside it, then hard-linked into place (atomic, also on
+    NFS), so no starter ever reads an empty lock; False when it exists."""
+    staged = lock.with_name(f"{lock.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    staged.write_text(holder + "\n")
     try:
-        with open(lock, "x") as fh:
-            fh.write(holder + "\n")
+        os.link(staged, lock)
         return True
     except FileExistsError:
         return False
+    except OSError:  # a file system without hard links: an exclusive create, written at once
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(holder + "\n")
+        return True
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def _read(lock: Path) -> str:
@@ -213,23 +234,42 @@ def _takeover_guard(lock: Path) -> Iterator[None]:
 
 
 def _takeover_reason(held: str, lock: Path) -> str | None:
-    """Why the holder named in `lock` (`pid N on HOST [in slurm job J] since ...`) is gone, or None if it may
-    live: a process of this host that no longer runs, an earlier run of this SLURM job, a lease run out."""
-    match = re.match(r"pid (\d+) on (\S+)(?: in slurm job (\S+))? since ", held)
-    if not match:
-        return "names no process" if held else "is being written or was cut short"
-    pid, host, job = int(match[1]), match[2], match[3]
-    if job is not None and job == os.environ.get("SLURM_JOB_ID") and pid != os.getpid():
-        return "was an earlier run of this SLURM job (requeued)"
-    if host == socket.gethostname() and not _runs(pid):
-        return "is gone"
+    """Why the holder named in `lock` (`pid N on HOST [in slurm job J restart R] since ...`) is gone, or None
+    if it may live: a process of this host that no longer runs, an earlier run of this SLURM job, a SLURM
+    job that ended, a lease run out."""
+    match = re.match(r"pid (\d+) on (\S+)(?: in slurm job ([0-9_]+) restart (\d+))? since ", held)
     try:
         idle = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
         return "released it"
+    if not match:  # not ours to read: live until its lease runs out
+        return f"left no readable holder {idle:,.0f} s ago" if idle > LEASE_S else None
+    pid, host, job, restarts = int(match[1]), match[2], match[3], match[4]
+    if job is not None and job == os.environ.get("SLURM_JOB_ID") and int(restarts) < _restarts():
+        return "was an earlier run of this SLURM job (requeued)"
+    if host == socket.gethostname() and not _runs(pid):
+        return "is gone"
+    if job is not None and job != os.environ.get("SLURM_JOB_ID") and _slurm_job_ended(job):
+        return f"ran in SLURM job {job}, which has ended"
     if idle > LEASE_S:
         return f"let its lease run out ({idle:,.0f} s without renewal, more than {LEASE_S:,.0f} s)"
     return None
+
+
+def _restarts() -> int:
+    """How often SLURM has requeued this job (0: its first run, or no SLURM)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def _slurm_job_ended(job: str) -> bool:
+    """squeue no longer lists the job (or no longer knows its id); False where squeue cannot tell."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if proc.returncode != 0:
+        return "invalid job id" in proc.stderr.lower()
+    return proc.stdout.strip() == ""
 
 
 def _runs(pid: int) -> bool:

@@ -122,8 +122,20 @@ def check_config(config: dict) -> dict:
     return config
 
 
+def _check_patterns(config: dict) -> None:
+    """A declared pattern holds for the whole value: JSON Schema's search lets `$` match before a final
+    newline ("a100\n"), and such values reach shell lines (train.gpu_model) and file names."""
+    for section, cls in SECTIONS.items():
+        for f in settings(cls, ("both", "config")):
+            value = config.get(section, {}).get(f.name)
+            if f.metadata["pattern"] and isinstance(value, str) and not re.fullmatch(f.metadata["pattern"], value):
+                raise UserError(f"config: {section}.{f.name} = {value!r} does not match {f.metadata['pattern']}; fix "
+                                f"it in config.yaml or with --config (see {SETTINGS_DOC})")
+
+
 def _check_consistency(config: dict) -> None:
     """Rules across keys that a JSON schema cannot say."""
+    _check_patterns(config)
     for name, arch in config["models"].items():
         if arch["dims"] % arch["heads"]:
             raise UserError(f"config: models.{name}.heads = {arch['heads']} does not divide "

@@ -24,9 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from gpt2 import UserError, checkpoint
@@ -35,6 +37,7 @@ from gpt2.files import atomic_dir, atomic_path
 from gpt2.model import GPT
 from gpt2.params import BaselineParams, EvaluateParams, Hardware
 from gpt2.shards import TokenStream, check_vocab, manifest_for, text_documents, text_stream
+from gpt2.vocab import is_bpe
 
 
 def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
@@ -45,9 +48,14 @@ def windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
 
 @torch.inference_mode()
 def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device: torch.device,
-               limit: int | None = None, progress: bool = False, bf16: bool = False) -> tuple[float, int]:
-    """(sum of NLL in nats, number of predicted tokens) over the stream (or its first `limit` tokens)."""
+               limit: int | None = None, progress: bool = False, bf16: bool = False,
+               stride: int | None = None) -> tuple[float, int]:
+    """(sum of NLL in nats, number of predicted tokens) over the stream (or its first `limit` tokens):
+    disjoint windows of seq_len inputs, or with a `stride` < seq_len overlapping ones (strided_windows)."""
     n = len(stream) if limit is None else min(limit, len(stream))
+    if stride is not None and stride < seq_len:
+        return _strided_nll(lambda x, y: model.nll(x, y), lambda start, length: stream.window(start, length),
+                            n, seq_len, stride, batch, device, bf16, progress, model)
     spans = windows(n, seq_len)
     full = [s for s in spans if s[1] == seq_len]
     groups = [full[i: i + batch] for i in range(0, len(full), batch)] + [[s] for s in spans if s[1] != seq_len]
@@ -95,18 +103,23 @@ def versions() -> dict[str, str]:
 
 
 def evaluate(model: GPT, test: TokenStream, train: TokenStream | None, test_bytes: int | None, batch_eval: int,
-             device: torch.device, bf16: bool, max_batches: int) -> dict:
+             device: torch.device, bf16: bool, max_batches: int, context: int = 0, stride: int = 0) -> dict:
     """Loss, perplexity, bits per token and per byte of `model` on `test`; the unigram floor from `train`.
+
+    Windows of `context` inputs (0: the model's seq_len) every `stride` tokens (0: disjoint windows, each
+    prediction seeing 0 to context - 1 tokens before it); a shorter stride scores each window's last
+    `stride` predictions, each with at least context - stride tokens before it, as baselines are scored.
 
     Bits per byte divide the total NLL in bits by the UTF-8 bytes of the test
     text (`test_bytes`, as shards.shard_split counts them); they are None when
     the bytes are unknown or `max_batches` > 0 scores only the first batches.
     Without `train` the unigram keys are None.
     """
-    seq_len = model.cfg.seq_len
+    seq_len = context or model.cfg.seq_len
     limit = max_batches * batch_eval * seq_len + 1 if max_batches > 0 else None
     started = time.perf_counter()
-    nll, count = stream_nll(model, test, seq_len, batch_eval, device, limit=limit, progress=True, bf16=bf16)
+    nll, count = stream_nll(model, test, seq_len, batch_eval, device, limit=limit, progress=True, bf16=bf16,
+                            stride=stride or seq_len)
     seconds = time.perf_counter() - started
     uni = None
     if train is not None:
@@ -159,10 +172,16 @@ def evaluate_command(model_path: Path | None, hf: str | None, output: Path | Non
             raise UserError(f"{model_path}: model vocabulary {model.cfg.vocab_size} != the test data's "
                             f"{test.manifest['vocab_size']}; pass the vocab.txt or tokenizer.json the model was "
                             "trained with")
-        numbers = evaluate(model, test, train, test_bytes, params.batch_eval, dev, bf16, params.max_batches)
+        context, stride = windows_of(baseline, model.cfg.seq_len, str(model_path), half=False)
+        # GPT-2's byte-level BPE gives the text back; WordPiece lowercases and drops spacing (bits per byte
+        # then count bytes the model never had to tell apart)
+        lossless = is_bpe(test.manifest.get("vocab", vocab_path or ""))
+        numbers = evaluate(model, test, train, test_bytes, params.batch_eval, dev, bf16, params.max_batches,
+                           context, stride)
     cfg = model.cfg
     report = {"model": name or Path(model_path).parent.name, "params": model.num_params(), "layers": cfg.layers,
-              "heads": cfg.heads, "dims": cfg.dims, "seq_len": cfg.seq_len, "vocab_size": cfg.vocab_size,
+              "heads": cfg.heads, "dims": cfg.dims, "seq_len": cfg.seq_len, "context": context, "stride": stride,
+              "vocab_size": cfg.vocab_size, "tokenizer_round_trip": lossless,
               "train_steps": state["step"], "train_tokens": state["tokens"], **numbers,
               "checkpoint": str(model_path), "selected": state.get("selected", "final"),
               "valid_loss": state.get("valid_loss"), "seed": state["train_config"]["seed"], "device": str(dev),
@@ -218,18 +237,25 @@ def _hf_text(shards: Path | None, eval_corpus: Path | None, text: Path | None) -
     return source, test["bytes"]
 
 
-def hf_stream(tokenizer, docs: list[str], batch: int = 256) -> np.ndarray:
+def hf_stream(tokenizer, docs: list[str], batch: int = 256) -> tuple[np.ndarray, list[int]]:
     """The ids `tokenizer` gives the documents, as GPT-2 read WebText: an end-of-text id, then each document
-    followed by one, which also stands for the byte that ends the document. Every document id is predicted."""
+    followed by one, which also stands for the byte that ends the document. Every document id is predicted.
+
+    Also the documents whose ids do not decode back to their text (a tokenizer that normalises, or maps
+    bytes to an unknown token): its bits per byte would not count the bytes that were scored."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError(f"{tokenizer.name_or_path}: its tokenizer has no eos token to separate documents")
-    ids = [eos]
+    ids, lossy = [eos], []
     for i in tqdm(range(0, len(docs), batch), desc="tokenize", unit_scale=batch, mininterval=5):
-        for doc in tokenizer(docs[i: i + batch], add_special_tokens=False, verbose=False)["input_ids"]:
+        encoded = tokenizer(docs[i: i + batch], add_special_tokens=False, verbose=False)["input_ids"]
+        decoded = tokenizer.batch_decode(encoded, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for j, (doc, text) in enumerate(zip(encoded, decoded)):
             ids.extend(doc)
             ids.append(eos)
-    return np.asarray(ids, dtype=np.int64)
+            if text != docs[i + j]:
+                lossy.append(i + j)
+    return np.asarray(ids, dtype=np.int64), lossy
 
 
 def load_hf(name: str, device: torch.device):
@@ -266,6 +292,9 @@ def fetch_hf(hf: str, out: Path) -> None:
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
         raise UserError(f"--hf {hf} could not be fetched: {str(exc).splitlines()[0][:160]} -- it needs the network "
                         "(run it on a login node), or the model in the Hugging Face cache (HF_HOME)") from None
+    if not any(snapshot.glob("*.safetensors")):
+        raise UserError(f"--hf {hf}: the hub has no *.safetensors weights for it (pickled *.bin weights are never "
+                        "fetched: they can run code); convert the model, or score a local folder")
     with atomic_dir(out, "fetch-hf") as staging:
         for path in sorted(snapshot.rglob("*")):
             # offline, the cache's whole snapshot comes back: keep HUB_FILES; its files link to blobs: copy bytes
@@ -295,10 +324,39 @@ def context_of(model) -> int:
 
 @torch.inference_mode()
 def hf_nll(model, ids: np.ndarray, context: int, stride: int, batch: int, device: torch.device, bf16: bool,
-           limit: int | None = None) -> tuple[float, int]:
-    """(sum of NLL in nats, scored predictions) of `model` over the stream, strided windows of `context` inputs."""
-    spans = [(start, min(context, len(ids) - 1 - start), scored)
-             for start, scored in strided_windows(len(ids), context, stride)[:limit]]
+           limit: int | None = None, chunk_tokens: int = 4096) -> tuple[float, int]:
+    """(sum of NLL in nats, scored predictions) of `model` over the stream, strided windows of `context` inputs.
+
+    The last hidden states go through the output layer `chunk_tokens` positions at a time, as GPT.nll
+    does, so memory stays bounded whatever the batch (gpt2-xl: 1,024 x 50,257 fp32 logits are 206 MB
+    a window)."""
+    head = model.get_output_embeddings()
+    # Models that scale or cap their logits after the output layer (Gemma 2, Cohere, Granite) get the whole
+    # forward (its logits_to_keep still bounds them to the scored positions).
+    plain_head = not any(getattr(model.config, key, None) for key in ("final_logit_softcapping", "logit_scale",
+                                                               "logits_scaling"))
+
+    def nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not plain_head:
+            logits = model(x, logits_to_keep=y.shape[1]).logits  # (B, S, vocab)
+            return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+        hidden = model.base_model(x).last_hidden_state[:, -y.shape[1]:].flatten(0, 1)  # (B*S, D)
+        targets, total = y.flatten(), torch.zeros((), device=x.device)
+        for lo in range(0, len(hidden), chunk_tokens):
+            logits = head(hidden[lo: lo + chunk_tokens])  # (chunk, V)
+            total += F.cross_entropy(logits.float(), targets[lo: lo + chunk_tokens], reduction="sum")
+        return total
+
+    return _strided_nll(nll, lambda start, length: ids[start: start + length], len(ids), context, stride, batch,
+                        device, bf16, True, model, limit)
+
+
+def _strided_nll(nll: Callable, window: Callable, n_tokens: int, context: int, stride: int, batch: int,
+                 device: torch.device, bf16: bool, progress: bool, model: torch.nn.Module,
+                 limit: int | None = None) -> tuple[float, int]:
+    """Sum of `nll(inputs, the scored targets)` over strided_windows, batched by window shape, and the count."""
+    spans = [(start, min(context, n_tokens - 1 - start), scored)
+             for start, scored in strided_windows(n_tokens, context, stride)[:limit]]
     groups: list[list[tuple[int, int, int]]] = []  # runs of windows of one shape (all but the last two or so)
     for span in spans:
         if groups and len(groups[-1]) < batch and groups[-1][0][1:] == span[1:]:
@@ -306,16 +364,29 @@ def hf_nll(model, ids: np.ndarray, context: int, stride: int, batch: int, device
         else:
             groups.append([span])
     total, count = 0.0, 0
-    for group in tqdm(groups, desc="evaluate", mininterval=5):
+    was_training = model.training
+    model.eval()
+    for group in tqdm(groups, desc="evaluate", disable=not progress, mininterval=5):
         _, length, scored = group[0]
-        rows = torch.from_numpy(np.stack([ids[start: start + length + 1] for start, _, _ in group])).to(device)
+        rows = np.stack([np.asarray(window(start, length + 1), dtype=np.int64) for start, _, _ in group])
+        ids = torch.from_numpy(rows).to(device)
         with autocast(device, bf16):
-            logits = model(rows[:, :-1], logits_to_keep=scored).logits  # (B, scored, vocab)
-        targets = rows[:, -scored:]
-        total += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                                         reduction="sum"))
-        count += targets.numel()
+            total += float(nll(ids[:, :-1], ids[:, -scored:]))
+        count += len(group) * scored
+    model.train(was_training)
     return total, count
+
+
+def windows_of(baseline: BaselineParams, model_context: int, name: str, half: bool) -> tuple[int, int]:
+    """(context, stride) of the scoring windows: --context (0: the model's), --stride (0: half the context for
+    --hf, the whole context -- disjoint windows -- for a model.pt)."""
+    context = baseline.context or model_context
+    if context > model_context:
+        raise UserError(f"--context {context} is more than {name}'s context of {model_context} tokens")
+    stride = baseline.stride or (max(1, context // 2) if half else context)
+    if stride > context:
+        raise UserError(f"--stride {stride} is more than the scoring context of {context} tokens")
+    return context, stride
 
 
 def evaluate_hf(name: str, label: str, text: tuple[Path, int | None], params: EvaluateParams,
@@ -329,11 +400,13 @@ def evaluate_hf(name: str, label: str, text: tuple[Path, int | None], params: Ev
         raise UserError(f"{source} holds {n_bytes:,} bytes but the manifest counted {shard_bytes:,}; the shards "
                         "were changed after they were made: rebuild them")
     model, tokenizer = load_hf(name, device)
-    ids = hf_stream(tokenizer, docs)
-    context = context_of(model)
-    stride = baseline.stride or context // 2
-    if not 0 < stride <= context:
-        raise UserError(f"--stride {stride} is more than {name}'s context of {context} tokens")
+    ids, lossy = hf_stream(tokenizer, docs)
+    if lossy:
+        print(f"warning: {name}'s tokenizer does not give back the text of {len(lossy):,} of {len(docs):,} test "
+              f"documents (e.g. document {lossy[0]}): it normalises or drops bytes, so its bits per byte count bytes "
+              "it never had to predict; the report flags it (tokenizer_round_trip false)", file=sys.stderr)
+    model_context = context_of(model)
+    context, stride = windows_of(baseline, model_context, name, half=True)
     limit = params.max_batches * params.batch_eval if params.max_batches > 0 else None
     started = time.perf_counter()
     nll, count = hf_nll(model, ids, context, stride, params.batch_eval, device, bf16, limit)
@@ -344,9 +417,11 @@ def evaluate_hf(name: str, label: str, text: tuple[Path, int | None], params: Ev
     embedding = model.get_input_embeddings().weight.numel() + (positions.weight.numel() if positions else 0)
     hub_id, revision = hf_source(name, model)
     return {"model": label or Path(hub_id).name, "hf": hub_id, "revision": revision,
-            "params": {"non_embedding": total - embedding, "total": total}, "seq_len": context, "stride": stride,
+            "params": {"non_embedding": total - embedding, "total": total}, "seq_len": model_context, "stride": stride,
             "vocab_size": len(tokenizer), "eval_tokens": count, "loss": loss, "perplexity": math.exp(loss),
             "bits_per_token": loss / math.log(2), "bits_per_byte": nll / math.log(2) / n_bytes if whole else None,
             "test_bytes": n_bytes if whole else None, "tokens_per_byte": count / n_bytes if whole else None,
-            "test_documents": len(docs), "train_tokens": None, "source": str(source), "device": str(device),
+            "test_documents": len(docs), "tokenizer_round_trip": not lossy, "round_trip_failures": len(lossy),
+            "context": context,
+            "train_tokens": None, "source": str(source), "device": str(device),
             "precision": precision_name(bf16, device), "versions": versions(), "tokens_per_second": count / seconds}

@@ -117,21 +117,9 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_output_prior(self, log_prior: torch.Tensor, scale: float = 30.0) -> None:
-        """Make the untrained model predict `log_prior` (e.g. the train split's unigram log-probabilities).
-
-        GPT-2 has no output bias, so the prior goes where the architecture can hold it: the final
-        LayerNorm's bias becomes `scale * u` for a random unit vector u, and each token's (tied)
-        embedding's component along u becomes `(log p - mean) / scale`, so its logit gains log p - mean. The model
-        then starts at the unigram loss instead of spending its first steps learning token
-        frequencies; export to transformers is unchanged (these are ordinary weights).
-        """
-        u = torch.randn(self.cfg.dims, generator=torch.Generator().manual_seed(0)).to(self.wte.weight)
-        u /= u.norm()
-        centred = (log_prior - log_prior.mean()).to(self.wte.weight)
-        rows = self.wte.weight[: len(centred)]
-        rows -= (rows @ u)[:, None] * u  # the random init's own component along u would add noise x scale
-        rows += (centred / scale)[:, None] * u
-        self.ln_f.bias.copy_(scale * u)
+        """Make the untrained model predict `log_prior` (e.g. the train split's unigram log-probabilities):
+        `output_prior` on its tied embedding and final norm; export to transformers is unchanged."""
+        output_prior(self.wte.weight, self.ln_f.bias, log_prior, scale)
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward), PaLM's estimate: 6 N + 12 L D T, where N counts
@@ -158,14 +146,15 @@ class GPT(nn.Module):
         return logits, loss, presents
 
     def nll(self, idx: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 4096) -> torch.Tensor:
-        """Summed NLL in nats of `targets` (B, T) after `idx` (B, T), for evaluation.
+        """Summed NLL in nats of `targets` (B, S) after `idx` (B, T): the last S of the T predictions (S = T:
+        all), for evaluation; strided windows score only their last tokens.
 
         The logits are made `chunk_tokens` positions at a time, so memory stays at chunk_tokens x vocab
         floats whatever the batch: a batch of 32 x 1024 at GPT-2's vocabulary would be 6.6 GB of fp32
         logits at once.
         """
         x, _ = self.hidden(idx)
-        x, targets = x.flatten(0, 1), targets.flatten()  # (B*T, D), (B*T,)
+        x, targets = x[:, -targets.shape[1]:].flatten(0, 1), targets.flatten()  # (B*S, D), (B*S,)
         total = torch.zeros((), device=idx.device)
         for lo in range(0, len(x), chunk_tokens):
             logits = self.head(x[lo: lo + chunk_tokens])  # (chunk, V)
@@ -226,3 +215,22 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def output_prior(wte: torch.Tensor, ln_f_bias: torch.Tensor, log_prior: torch.Tensor, scale: float = 30.0) -> None:
+    """Set a GPT-2's tied token embedding (V, D) and final LayerNorm bias (D,) so that it predicts `log_prior`.
+
+    GPT-2 has no output bias, so the prior goes where the architecture can hold it: the final
+    LayerNorm's bias becomes `scale * u` for a random unit vector u, and each token's embedding's
+    component along u becomes `(log p - mean) / scale`, so its logit gains log p - mean. The model
+    then starts at the unigram loss instead of spending its first steps learning token frequencies.
+    Any GPT-2 of this layout takes it (transformers' too: the quality benchmark gives its peer the same start).
+    """
+    u = torch.randn(wte.shape[1], generator=torch.Generator().manual_seed(0)).to(wte)
+    u /= u.norm()
+    centred = (log_prior - log_prior.mean()).to(wte)
+    rows = wte[: len(centred)]
+    rows -= (rows @ u)[:, None] * u  # the random init's own component along u would add noise x scale
+    rows += (centred / scale)[:, None] * u
+    ln_f_bias.copy_(scale * u)

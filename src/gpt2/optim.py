@@ -213,16 +213,19 @@ def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float | None]:
     return {"lr": optimizer.param_groups[0]["lr"], "muon_lr": None}
 
 
-# What each optimizer leaves unused: a key set away from its default there does nothing.
+# What each optimizer (and cosine) leaves unused: a key set away from its default there does nothing.
 IDLE = {"muon": ("weight_decay",), "adamw": ("muon_lr", "muon_momentum", "muon_weight_decay")}
 MOVES = {"weight_decay": "muon_weight_decay decays the blocks' 2-D weights under muon",
          "muon_lr": "train.lr moves every weight under adamw", "muon_momentum": "adamw has beta1 and beta2",
-         "muon_weight_decay": "train.weight_decay decays the 2-D weights under adamw"}
+         "muon_weight_decay": "train.weight_decay decays the 2-D weights under adamw",
+         "decay_ratio": "wsd's decay; cosine decays from the peak on"}
 
 
 def idle_settings(params: TrainParams) -> list[str]:
-    """Warnings for the settings that were set (differ from their defaults) but the chosen optimizer ignores."""
+    """Warnings for the settings that were set (differ from their defaults) but the chosen optimizer or
+    schedule ignores."""
     defaults = {f.name: f.default for f in fields(TrainParams)}
-    return [f"warning: train.{key} = {getattr(params, key):g} has no effect with train.optimizer "
-            f"{params.optimizer} ({MOVES[key]})"
-            for key in IDLE[params.optimizer] if getattr(params, key) != defaults[key]]
+    idle = [(key, f"train.optimizer {params.optimizer}") for key in IDLE[params.optimizer]]
+    idle += [("decay_ratio", "train.schedule cosine")] if params.schedule == "cosine" else []
+    return [f"warning: train.{key} = {getattr(params, key):g} has no effect with {where} ({MOVES[key]})"
+            for key, where in idle if getattr(params, key) != defaults[key]]

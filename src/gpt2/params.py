@@ -256,8 +256,11 @@ class BaselineParams:
     models: list[str] = param([], "Hugging Face hub ids (gpt2, gpt2-medium; a hub id needs the network or a filled "
                                   "HF cache) or local folders; each gives results/baseline_{name}.json, its name "
                                   "the id's last part", where="config")
-    stride: int = param(0, "tokens between the starts of two scoring windows (0: half the model's context); "
-                           "each scored token sees at least context - stride tokens before it", minimum=0)
+    context: int = param(0, "tokens a scoring window holds, at most the model's context (0: the model's context)",
+                         minimum=0)
+    stride: int = param(0, "tokens between the starts of two scoring windows; each scored token sees at least "
+                           "context - stride tokens before it (0: half the context with --hf and for baselines, and "
+                           "disjoint windows for a model.pt, as results/eval_{model}.json is defined)", minimum=0)
 
 
 @dataclass(frozen=True)

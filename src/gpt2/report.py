@@ -117,10 +117,17 @@ def baselines_table(reports: list[str | Path], csv: str | Path, html: str | Path
     rows = []
     for path in reports:
         r = json.loads(Path(path).read_text())
-        rows.append({"model": r["model"], "source": r.get("hf", "ours"), "params (total)": r["params"]["total"],
-                     "train tokens": r["train_tokens"], "context": r["seq_len"], "stride": r.get("stride", r["seq_len"]),
-                     "test bytes": r["test_bytes"], "tokens/byte": r["eval_tokens"] / r["test_bytes"],
-                     "loss (nats per own token)": r["loss"], "bits/byte": r["bits_per_byte"]})
+        context = r.get("context", r["seq_len"])
+        stride = r.get("stride", context)
+        rows.append({"model": r["model"] + ("" if stride == context or "hf" in r else f" (stride {stride})"),
+                     "source": r.get("hf", "ours"), "params (total)": r["params"]["total"],
+                     "train tokens": r["train_tokens"], "context": context, "stride": stride,
+                     # a window's first scored prediction sees this many tokens before it (disjoint: none)
+                     "min context": 0 if stride == context else context - stride,
+                     "test bytes": r["test_bytes"], "tokens/byte": r["tokens_per_byte"],
+                     "loss (nats per own token)": r["loss"], "bits/byte": r["bits_per_byte"],
+                     # bits per byte compare only where the tokenizer gives the text back (case, bytes)
+                     "text round-trips": {True: "yes", False: "no", None: "-"}[r.get("tokenizer_round_trip")]})
     return _write_table(rows, csv, html, "Ours vs baselines: bits per byte on the same test articles")
 
 

@@ -52,14 +52,21 @@ def compiled(run: Run, model: GPT):
 class StopRequest:
     """SIGTERM (a SLURM time limit or preemption, scancel, a Ctrl-C'd Snakemake) asks the run to stop: after
     the step in progress it logs a row, checkpoints and ends with an error, through every `finally`, so the
-    folder is released and a requeued or restarted job resumes from that step. A second SIGTERM stops at once."""
+    folder is released and a requeued or restarted job resumes from that step. A second SIGTERM, REPEAT_S
+    or more after the first, stops at once (one within it is the same request: SLURM signals every
+    process of a step, and torchrun forwards its own)."""
+
+    REPEAT_S = 5.0
 
     def __init__(self, env):
-        self.env, self.requested, self.previous = env, False, None
+        self.env, self.requested, self.previous, self.group = env, 0.0, None, None
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             self.previous = signal.signal(signal.SIGTERM, self._handle)
+        if self.env.world > 1 and dist.get_backend() != "gloo":
+            # the ranks agree on a host tensor every step: over gloo, so no step waits for the GPU
+            self.group = dist.new_group(backend="gloo")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -67,20 +74,18 @@ class StopRequest:
             signal.signal(signal.SIGTERM, self.previous)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and time.monotonic() - self.requested >= self.REPEAT_S:
             raise UserError("stopped by a second SIGTERM before the step in progress ended; the newest checkpoint "
                             "is kept: run again to resume from it")
-        self.requested = True
+        self.requested = self.requested or time.monotonic()
 
-    def agreed(self, due: bool) -> bool:
-        """Stop now? One process asks its flag after every step; several agree (any rank's flag) on the steps
-        that log or checkpoint, which every rank reaches together, so they stop at the same step."""
+    def agreed(self) -> bool:
+        """Stop after this step? Several processes ask every rank's flag each step (a one-number all-reduce),
+        so they stop at the same step, within one step of the signal."""
         if self.env.world == 1:
-            return self.requested
-        if not due:
-            return False
-        flag = torch.tensor(float(self.requested), device=self.env.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(self.requested)
+        flag = torch.tensor(float(bool(self.requested)))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
 
 
@@ -246,7 +251,7 @@ def _train(shards: Path, outputs: Outputs, model_cfg: GPTConfig, params: TrainPa
             last = state.step == p.steps
             logs = state.step % p.log_every == 0 or state.step % p.eval_every == 0 or last
             saves = state.step % p.checkpoint_every == 0 or last
-            stops = stop.agreed(logs or saves)
+            stops = stop.agreed() and not last  # the last step finishes the run anyway
             logs, saves = logs or stops, saves or stops
             if logs or saves:
                 check_finite(run, state, interval)
