@@ -34,7 +34,7 @@ from tqdm import tqdm
 from gpt2 import UserError, checkpoint
 from gpt2.device import autocast, precision_name, resolve_device, set_threads, use_bf16
 from gpt2.files import atomic_dir, atomic_path
-from gpt2.model import GPT
+from gpt2.model import GPT, chunked_nll
 from gpt2.params import BaselineParams, EvaluateParams, Hardware
 from gpt2.shards import TokenStream, check_vocab, manifest_for, text_documents, text_stream
 from gpt2.vocab import is_bpe
@@ -54,8 +54,7 @@ def stream_nll(model: GPT, stream: TokenStream, seq_len: int, batch: int, device
     disjoint windows of seq_len inputs, or with a `stride` < seq_len overlapping ones (strided_windows)."""
     n = len(stream) if limit is None else min(limit, len(stream))
     if stride is not None and stride < seq_len:
-        return _strided_nll(lambda x, y: model.nll(x, y), lambda start, length: stream.window(start, length),
-                            n, seq_len, stride, batch, device, bf16, progress, model)
+        return _strided_nll(model.nll, stream.window, n, seq_len, stride, batch, device, bf16, progress, model)
     spans = windows(n, seq_len)
     full = [s for s in spans if s[1] == seq_len]
     groups = [full[i: i + batch] for i in range(0, len(full), batch)] + [[s] for s in spans if s[1] != seq_len]
@@ -340,12 +339,8 @@ def hf_nll(model, ids: np.ndarray, context: int, stride: int, batch: int, device
         if not plain_head:
             logits = model(x, logits_to_keep=y.shape[1]).logits  # (B, S, vocab)
             return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
-        hidden = model.base_model(x).last_hidden_state[:, -y.shape[1]:].flatten(0, 1)  # (B*S, D)
-        targets, total = y.flatten(), torch.zeros((), device=x.device)
-        for lo in range(0, len(hidden), chunk_tokens):
-            logits = head(hidden[lo: lo + chunk_tokens])  # (chunk, V)
-            total += F.cross_entropy(logits.float(), targets[lo: lo + chunk_tokens], reduction="sum")
-        return total
+        hidden = model.base_model(x).last_hidden_state[:, -y.shape[1]:]  # (B, S, D)
+        return chunked_nll(hidden.flatten(0, 1), y.flatten(), head, chunk_tokens)
 
     return _strided_nll(nll, lambda start, length: ids[start: start + length], len(ids), context, stride, batch,
                         device, bf16, True, model, limit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -154,12 +155,7 @@ class GPT(nn.Module):
         logits at once.
         """
         x, _ = self.hidden(idx)
-        x, targets = x[:, -targets.shape[1]:].flatten(0, 1), targets.flatten()  # (B*S, D), (B*S,)
-        total = torch.zeros((), device=idx.device)
-        for lo in range(0, len(x), chunk_tokens):
-            logits = self.head(x[lo: lo + chunk_tokens])  # (chunk, V)
-            total += F.cross_entropy(logits.float(), targets[lo: lo + chunk_tokens], reduction="sum")
-        return total
+        return chunked_nll(x[:, -targets.shape[1]:].flatten(0, 1), targets.flatten(), self.head, chunk_tokens)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (..., V) of hidden states (..., D): final norm, then the tied embedding, padding rows sliced."""
@@ -215,6 +211,17 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     return torch.multinomial(probs, 1, generator=generator)
+
+
+def chunked_nll(hidden: torch.Tensor, targets: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
+                chunk_tokens: int = 4096) -> torch.Tensor:
+    """Summed cross-entropy in nats of head(hidden) (N, D) -> (N, V) against targets (N,), the logits made
+    chunk_tokens rows at a time (GPT.nll, and evaluate.hf_nll for transformers' models)."""
+    total = torch.zeros((), device=hidden.device)
+    for lo in range(0, len(hidden), chunk_tokens):
+        logits = head(hidden[lo: lo + chunk_tokens])  # (chunk, V)
+        total += F.cross_entropy(logits.float(), targets[lo: lo + chunk_tokens], reduction="sum")
+    return total
 
 
 @torch.no_grad()
